@@ -1,0 +1,39 @@
+# One-command set-up and runs. `make demo` and `make test` work on a fresh machine.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+# JAX_VARIANT=cuda installs the CUDA 12 build of the same jax version (requirements-cuda.txt).
+JAX_VARIANT ?= cpu
+REQS := requirements-dev.txt
+ifeq ($(JAX_VARIANT),cuda)
+REQS += requirements-cuda.txt
+endif
+
+.PHONY: env demo test lint format clean-venv
+
+env: $(STAMP)
+
+$(STAMP): requirements.txt requirements-dev.txt requirements-cuda.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q $(addprefix -r ,$(REQS))
+	$(PY) -m pip install -q --no-deps -e .
+	touch $(STAMP)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/ruff check .
+
+format: $(STAMP)
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+test: lint
+	$(PY) -m pytest -q -n 2 tests
+
+demo: $(STAMP)
+	$(PY) -m quantformer_jax.demo --workdir runs/demo
+
+clean-venv:
+	rm -rf $(VENV)
