@@ -37,3 +37,21 @@ demo: $(STAMP)
 
 clean-venv:
 	rm -rf $(VENV)
+
+# The allensdk environment (real Allen data; STACK.md): its own venv, because allensdk pins
+# numpy<1.24. The project is installed without deps so its data layer (no jax) imports there.
+ALLEN_PYTHON ?= python3.11
+ALLEN_VENV ?= .venv-allen
+ALLEN_PY := $(ALLEN_VENV)/bin/python
+ALLEN_STAMP := $(ALLEN_VENV)/.installed
+
+.PHONY: allen-env
+
+allen-env: $(ALLEN_STAMP)
+
+$(ALLEN_STAMP): requirements-allen.txt
+	test -x $(ALLEN_PY) || $(ALLEN_PYTHON) -m venv $(ALLEN_VENV)
+	$(ALLEN_PY) -m pip install -q --upgrade pip
+	$(ALLEN_PY) -m pip install -q -r requirements-allen.txt
+	$(ALLEN_PY) -m pip install -q --no-deps -e .
+	touch $(ALLEN_STAMP)
