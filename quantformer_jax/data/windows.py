@@ -318,9 +318,11 @@ def make_windows(experiment: Experiment, spec: WindowSpec) -> tuple[dict[str, Wi
 
 def _log_flags(counts: dict) -> None:
     """Logs every non-zero drop or flag count, so nothing is dropped or flagged silently."""
-    flag_keys = ("nonfinite_values", "large_dff_values", "f0_nonpositive_windows")
-    flagged = {
-        k: v for k, v in counts.items() if v and (k.startswith("dropped_") or k in flag_keys)
-    }
+    problems = ("dropped_out_of_recording", "dropped_f0_eps", "f0_nonpositive_windows")
+    problems += ("nonfinite_values", "large_dff_values")
+    flagged = {k: counts[k] for k in problems if counts[k]}
     if flagged:
-        logging.warning("%s: windows dropped or flagged: %s", counts["path"], flagged)
+        logging.warning("%s: data problems (see the summary): %s", counts["path"], flagged)
+    leaks = {k: v for k, v in counts.items() if k.startswith("dropped_leak") and v}
+    if leaks:
+        logging.info("%s: leak-free split dropped overlapping windows: %s", counts["path"], leaks)
