@@ -10,9 +10,9 @@ import pytest
 from test_windows import make_experiment
 
 from configs import common
-from quantformer_jax.data import cache, datasets
+from quantformer_jax.data import cache, datasets, nwb, simulate
 from quantformer_jax.data.experiment import DataError, MissingStimulusError
-from quantformer_jax.data.windows import SPLITS, WindowSpec
+from quantformer_jax.data.windows import SPLITS, WindowSpec, make_windows
 
 # experiment id -> (container, session, neurons); container 30 has no session A.
 FAKE = {1: (10, "A", 3), 2: (10, "B", 3), 3: (20, "A", 5), 5: (30, "B", 2)}
@@ -168,3 +168,45 @@ def test_bad_lookups_give_clear_errors(fake_cache, tmp_path):
         datasets.load_experiment_dataset(cfg)
     records = json.loads((tmp_path / cache.EXPERIMENTS_FILE).read_text())
     assert len(records) == len(FAKE)
+
+
+def test_empty_cache_dir_builds_the_simulated_observatory(tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(
+        simulate, "build_observatory", lambda out, size, seed: calls.append((out, size, seed))
+    )
+    monkeypatch.chdir(tmp_path)
+    cfg = common.data_config()
+    cfg.simulated_size, cfg.simulated_seed = "full", 3
+    expected = os.path.join("runs", "observatory", "full-seed3")
+    assert datasets.resolve_cache_dir(cfg) == expected and calls == [(expected, "full", 3)]
+
+
+@pytest.fixture(scope="module")
+def mini_cache(tmp_path_factory):
+    """The simulator's mini observatory (3 containers of 12/16/20 cells), built once."""
+    out = tmp_path_factory.mktemp("observatory")
+    simulate.build_observatory(out, size="mini", seed=0)
+    return str(out)
+
+
+def test_simulated_experiment_end_to_end(mini_cache, tmp_path):
+    cfg = common.data_config()
+    cfg.cache_dir, cfg.processed_cache_dir = mini_cache, str(tmp_path)
+    ds = datasets.load_experiment_dataset(cfg)
+    entry = min(
+        (e for e in cache.read_cache_index(mini_cache) if e.session_type == "three_session_A"),
+        key=lambda e: e.container_id,
+    )
+    assert (ds.experiment_id, ds.container_id) == (entry.experiment_id, entry.container_id)
+    experiment = nwb.load_experiment(entry.nwb_path)
+    splits, summary = make_windows(experiment, WindowSpec.from_config(cfg))
+    assert summary["num_trials"] == len(experiment.stimulus_table("drifting_gratings"))
+    for s in SPLITS:
+        assert len(ds.splits[s]) > 0
+        np.testing.assert_array_equal(ds.splits[s].traces, splits[s].traces)
+        np.testing.assert_array_equal(ds.splits[s].labels, splits[s].labels)
+    assert 0 < summary["active_fraction_train"] < 1
+    assert datasets.load_experiment_dataset(cfg).cache_hit
+    pre = datasets.load_pretraining_dataset(cfg)
+    assert pre.summary["num_neurons"] == [12, 16, 20] and pre.summary["active_rows_train"] > 0

@@ -90,15 +90,12 @@ def resolve_cache_dir(data_cfg) -> str:
                 f"(no {cache.EXPERIMENTS_FILE})"
             )
         return cache_dir
+    from quantformer_jax.data import simulate  # only for the simulated observatory
+
     size, seed = str(data_cfg.simulated_size), int(data_cfg.simulated_seed)
     cache_dir = os.path.join("runs", "observatory", f"{size}-seed{seed}")
-    if not os.path.isfile(os.path.join(cache_dir, cache.EXPERIMENTS_FILE)):
-        from quantformer_jax.data import simulate  # only needed once per machine
-
-        logging.info(
-            "Building the simulated observatory (%s, seed %d) in %s", size, seed, cache_dir
-        )
-        simulate.build_observatory(cache_dir, size=size, seed=seed)
+    # Idempotent: a complete build of the same (size, seed) is reused, a partial one is finished.
+    simulate.build_observatory(cache_dir, size=size, seed=seed)
     return cache_dir
 
 
