@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import http.client
 import os
 import re
 import socket
@@ -39,6 +40,7 @@ from quantformer_jax.allen.listing import (
     human_size,
     open_cache,
     read_index,
+    require_allensdk,
 )
 
 API_HOST = "api.brain-map.org"
@@ -96,8 +98,8 @@ def unreachable_message(error: BaseException, host: str = API_HOST) -> str:
     else:
         why = str(reason) or type(reason).__name__
     return (
-        f"cannot reach the Allen Brain Observatory servers ({host}): {why}. Nothing was "
-        "downloaded; files already in the cache stay usable and can be listed offline with --list."
+        f"cannot reach the Allen Brain Observatory servers ({host}): {why}. Files already in the "
+        "cache stay usable (list them offline with --list); partial downloads resume next run."
     )
 
 
@@ -179,9 +181,12 @@ def stream_to_file(
                     file=sys.stderr,
                 ) as bar,
             ):
-                while chunk := response.read(_CHUNK_BYTES):
-                    f.write(chunk)
-                    bar.update(len(chunk))
+                try:
+                    while chunk := response.read(_CHUNK_BYTES):
+                        f.write(chunk)
+                        bar.update(len(chunk))
+                except http.client.IncompleteRead as e:  # connection closed early: keep .part
+                    f.write(e.partial)
     size = os.path.getsize(part)
     if total is not None and size != total:
         raise DownloadIncompleteError(
@@ -222,6 +227,7 @@ def fetch(
     *,
     stimuli: Sequence[str] | None = None,
     session_types: Sequence[str] | None = None,
+    base_uri: str | None = None,
     api=None,
     progress: bool = True,
 ) -> list[FetchedFile]:
@@ -235,12 +241,14 @@ def fetch(
       container_ids: experiment container ids.
       stimuli: keep sessions that show any of these (allensdk names); exclusive with session_types.
       session_types: keep these session types (three_session_A/B/C/C2).
-      api: a BrainObservatoryApi (tests pass an offline one); None = the public API.
+      base_uri: the API server (None = allensdk's default, http://api.brain-map.org).
+      api: a BrainObservatoryApi to use instead (tests); overrides base_uri.
       progress: show progress bars.
 
     Returns:
       One FetchedFile per experiment, ordered by container then session type.
     """
+    require_allensdk()
     from allensdk.brain_observatory import stimulus_info
 
     if stimuli and session_types:
@@ -250,8 +258,13 @@ def fetch(
         raise ValueError(
             f"unknown stimuli {unknown}; allensdk knows {sorted(stimulus_info.all_stimuli())}"
         )
+    if api is None and base_uri:
+        from allensdk.api.queries.brain_observatory_api import BrainObservatoryApi
+
+        api = BrainObservatoryApi(base_uri=base_uri)
     boc = open_cache(cache_dir, api)
-    with _reaching():
+    host = urllib.parse.urlsplit(boc.api.api_url).hostname or boc.api.api_url
+    with _reaching(host):
         experiments = boc.get_ophys_experiments(
             experiment_container_ids=list(container_ids),
             stimuli=list(stimuli) if stimuli else None,
@@ -273,7 +286,7 @@ def fetch(
         status = "present"
         if not os.path.exists(path):  # allensdk's own rule: a file that exists is complete
             os.makedirs(os.path.dirname(path), exist_ok=True)
-            with _reaching():
+            with _reaching(host):
                 records = boc.api.template_query(
                     "brain_observatory_queries", "ophys_experiment_data", ophys_experiment_id=exp_id
                 )
@@ -347,6 +360,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--session-types", nargs="+", choices=SESSION_TYPES, metavar="TYPE", help="session types"
     )
     p.add_argument("--list", action="store_true", help="list the cache offline; download nothing")
+    p.add_argument(
+        "--base-uri", help=f"Allen API server, e.g. a mirror (default: http://{API_HOST})"
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     return p
 
@@ -364,6 +380,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.containers or sorted(constants.CONTAINERS),
             stimuli=stimuli,
             session_types=args.session_types,
+            base_uri=args.base_uri,
             progress=not args.no_progress,
         )
     except ServerUnreachableError as e:

@@ -17,19 +17,26 @@ INDEX_FILES = ("experiment_containers.json", "ophys_experiments.json")
 PART_SUFFIX = ".part"  # an unfinished download of <id>.nwb (see download.stream_to_file)
 
 
-def open_cache(cache_dir: str, api=None):
-    """allensdk's `BrainObservatoryCache` on `<cache_dir>/manifest.json` (created if missing).
+def require_allensdk() -> None:
+    """Checks that allensdk is importable, else says how to get the environment that has it.
 
     Raises:
-      RuntimeError: allensdk is not installed in this Python (the main venv, not .venv-allen).
+      RuntimeError: allensdk is not installed in this Python (e.g. the main venv).
     """
     try:
-        from allensdk.core.brain_observatory_cache import BrainObservatoryCache
+        import allensdk  # noqa: F401
     except ImportError as e:
         raise RuntimeError(
             f"allensdk is not importable in {sys.executable} ({e}); build its environment with "
             "`make allen-env` and run this tool with .venv-allen/bin/python"
         ) from None
+
+
+def open_cache(cache_dir: str, api=None):
+    """allensdk's `BrainObservatoryCache` on `<cache_dir>/manifest.json` (created if missing)."""
+    require_allensdk()
+    from allensdk.core.brain_observatory_cache import BrainObservatoryCache
+
     os.makedirs(cache_dir, exist_ok=True)
     return BrainObservatoryCache(manifest_file=os.path.join(cache_dir, MANIFEST), api=api)
 
@@ -40,6 +47,7 @@ def offline_api():
     `get_ophys_experiments` always asks for the eye-tracking files; this answers `[]`, and any
     other query (an index JSON or an NWB file that is not in the cache) fails with a clear error.
     """
+    require_allensdk()
     from allensdk.api.queries.brain_observatory_api import BrainObservatoryApi
 
     class OfflineApi(BrainObservatoryApi):
