@@ -55,14 +55,18 @@ class CacheEntry:
 
 
 def manifest_dict() -> dict[str, Any]:
-    """The manifest.json content allensdk 2.16 builds for a BrainObservatoryCache."""
-    entries = []
+    """The manifest.json content allensdk 2.16 builds for a BrainObservatoryCache.
+
+    The version is an entry of the "manifest" list (`{"type": "manifest_version", ...}`), which
+    is where allensdk's ManifestBuilder puts it and where its Cache reads it from.
+    """
+    entries: list[dict[str, str]] = [{"type": "manifest_version", "value": MANIFEST_VERSION}]
     for key, spec, typename in _MANIFEST_PATHS:
         entry = {"key": key, "type": typename, "spec": spec}
         if key != "BASEDIR":
             entry["parent_key"] = "BASEDIR"
         entries.append(entry)
-    return {"manifest": entries, "manifest_version": MANIFEST_VERSION}
+    return {"manifest": entries}
 
 
 def nwb_path(cache_dir: str | os.PathLike, experiment_id: int) -> str:
@@ -83,9 +87,14 @@ def _read_json(path: str) -> Any:
 def _check_manifest(cache_dir: str) -> None:
     path = os.path.join(cache_dir, MANIFEST_FILE)
     manifest = _read_json(path)
-    if not isinstance(manifest, dict) or "manifest" not in manifest:
-        raise DataError(f"{path}: not an allensdk manifest (no 'manifest' key)")
-    version = manifest.get("manifest_version")
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("manifest"), list):
+        raise DataError(f"{path}: not an allensdk manifest (no 'manifest' list)")
+    versions = [
+        e.get("value")
+        for e in manifest["manifest"]
+        if isinstance(e, dict) and e.get("type") == "manifest_version"
+    ]
+    version = versions[0] if versions else None
     if version != MANIFEST_VERSION:
         raise DataError(
             f"{path}: manifest_version {version!r}, allensdk's BrainObservatoryCache needs "

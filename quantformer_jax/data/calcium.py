@@ -12,7 +12,8 @@ The chain follows ALLEN_FORMAT.md section 5:
    0.05-0.2 dF/F per spike, saturating Hill-type nonlinearity f(x) = x / (1 + (x/d_max)^2)^(1/2).
 5. Fluorescence: F_cell = F0 (1 + dF/F) * bleaching; neuropil = shared slow component + own noise;
    measured = F_cell + r * neuropil + shot noise (sigma ~ sqrt(F)); demixed = measured + small
-   crosstalk; raw = demixed + noise; corrected = demixed - r * neuropil_estimate.
+   crosstalk; raw = demixed + more crosstalk (before demixing); corrected = demixed - r * the
+   neuropil estimate (neuropil + white noise).
 6. Stored dF/F: (F - B) / B with B a running median (180 s) of 1-s block means smoothed by a 100 s
    running mean: a fast stand-in for allensdk's windowed-mode baseline (mode over 180 s, mean over
    100 s); on sparse traces median and mode both sit at the resting level.
@@ -174,11 +175,18 @@ def firing_rates(
     alpha = cells["state_baseline_coupling"][:, None].astype(np.float32)
     beta = cells["state_gain_coupling"][:, None].astype(np.float32)
     z = state_z[None, :]
-    base = cells["baseline_rate_hz"][:, None].astype(np.float32) * np.exp(alpha * z - alpha**2 / 2)
+    # In-place products: these [N, T] arrays dominate the simulator's time and memory.
+    base = alpha * z
+    base -= alpha**2 / 2
+    np.exp(base, out=base)
+    base *= cells["baseline_rate_hz"][:, None].astype(np.float32)
     running = ndimage.uniform_filter1d((speed > RUN_THRESHOLD_CM_S).astype(np.float32), int(FPS))
-    state_gain = np.exp(beta * z - beta**2 / 2) * np.clip(
-        1 + cells["running_modulation"][:, None].astype(np.float32) * running[None, :], 0.1, None
-    )
+    state_gain = beta * z
+    state_gain -= beta**2 / 2
+    np.exp(state_gain, out=state_gain)
+    run_gain = 1 + cells["running_modulation"][:, None].astype(np.float32) * running[None, :]
+    state_gain *= np.clip(run_gain, 0.1, None, out=run_gain)
+    del run_gain
     evoked = np.zeros((n, t_len), dtype=np.float32)
     # Drifting gratings: tuned amplitude x trial gain x time course x F1 modulation.
     trial_gain = _lognormal_gain(rng, cells["trial_gain_sigma"], schedule.num_trials)
@@ -195,8 +203,35 @@ def firing_rates(
         g = _lognormal_gain(rng, cells["trial_gain_sigma"], int(repeat.max()) + 1)
         evoked[:, frames] = _movie_profiles(rng, cells, length)[:, movie_frame] * g[:, repeat]
         gains[f"{name}_repeat_gain"] = g
-    rates = base + evoked * state_gain
-    return np.clip(rates, 0.0, None).astype(np.float32), gains
+    evoked *= state_gain
+    del state_gain
+    evoked += base
+    return np.clip(evoked, 0.0, None, out=evoked), gains
+
+
+def sparse_poisson(rng: np.random.Generator, lam: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Exact Poisson(lam) draws by inverse CDF, returned sparsely: (flat index, count >= 1).
+
+    One uniform per entry; only the few entries with a count >= 1 walk further up the CDF. The
+    counts of all other entries are 0.
+    """
+    u = rng.random(lam.shape, dtype=np.float32).reshape(-1)
+    lam = lam.reshape(-1)
+    idx = np.flatnonzero(u >= np.exp(-lam))  # entries with at least one event
+    lam_a, u_a = lam[idx].astype(np.float64), u[idx].astype(np.float64)
+    p = np.exp(-lam_a)
+    cdf = p.copy()
+    counts = np.zeros(idx.shape, dtype=np.int64)
+    active = np.arange(idx.size)
+    k = 0
+    while active.size:
+        k += 1
+        p *= lam_a / k
+        cdf += p
+        counts[active] = k
+        more = u_a >= cdf
+        active, lam_a, u_a, p, cdf = active[more], lam_a[more], u_a[more], p[more], cdf[more]
+    return idx, counts
 
 
 def spikes_from_rates(
@@ -204,11 +239,12 @@ def spikes_from_rates(
 ) -> np.ndarray:
     """Per-frame spike counts uint8 [N, T]: Poisson burst events of 1 + Poisson(lambda_b) spikes."""
     lam_b = burst_lambda[:, None].astype(np.float32)
-    events = rng.poisson(rates / FPS / (1 + lam_b))
-    rows, cols = np.nonzero(events)
-    spikes = events.astype(np.int64)
-    spikes[rows, cols] += rng.poisson(burst_lambda[rows] * events[rows, cols])
-    return np.clip(spikes, 0, 255).astype(np.uint8)
+    idx, events = sparse_poisson(rng, rates / np.float32(FPS) / (1 + lam_b))
+    rows = idx // rates.shape[1]
+    counts = events + rng.poisson(burst_lambda[rows] * events)
+    spikes = np.zeros(rates.shape, dtype=np.uint8)
+    spikes.reshape(-1)[idx] = np.clip(counts, 0, 255)
+    return spikes
 
 
 def calcium_kernel_filter(tau_rise: float, tau_decay: float) -> tuple[np.ndarray, np.ndarray]:
@@ -244,11 +280,11 @@ def fluorescence(
     t_s = (np.arange(t_len, dtype=np.float32) / FPS)[None, :]
     bleach = 1 - col["bleach_fraction"] * (1 - np.exp(-t_s / 1800.0))
     f_cell = col["f0"] * (1 + dff) * bleach
-    # Neuropil: population calcium (smoothed) + a slow shared drift + own noise.
+    # Neuropil: population calcium (smoothed) + a slow shared drift; the pipeline's estimate of
+    # it adds its own white noise.
     pop = ndimage.uniform_filter1d(dff.mean(axis=0), 15)
-    shared = 0.5 * pop + 0.05 * _ou(rng, t_len, 20.0)
+    shared = (0.5 * pop + 0.05 * _ou(rng, t_len, 20.0)).astype(np.float32)
     neuropil = col["neuropil_f0"] * (1 + col["neuropil_weight"] * shared[None, :])
-    neuropil += 3.0 * rng.standard_normal((n, t_len), dtype=np.float32)
     measured = f_cell + col["neuropil_r"] * neuropil
     # Shot noise with SD ~ sqrt(F), scaled so the baseline dF/F noise is noise_dff_sd.
     k = (
@@ -256,20 +292,19 @@ def fluorescence(
         * col["f0"]
         / np.sqrt(col["f0"] + col["neuropil_r"] * col["neuropil_f0"])
     )
-    measured += (
-        k
-        * np.sqrt(np.clip(measured, 1.0, None))
-        * rng.standard_normal((n, t_len), dtype=np.float32)
-    )
+    noise = rng.standard_normal((n, t_len), dtype=np.float32)
+    noise *= np.sqrt(np.clip(measured, 1.0, None))
+    noise *= k
+    measured += noise
+    # Overlapping ROIs: demixing leaves a small crosstalk; the raw trace holds more of it.
     partner = cells["crosstalk_partner"].astype(np.int64)
-    demixed = measured + col["crosstalk"] * (f_cell[partner] - col["f0"][partner] * bleach[partner])
-    raw = demixed + 2.0 * rng.standard_normal((n, t_len), dtype=np.float32)
-    neuropil_estimate = neuropil + 2.0 * rng.standard_normal((n, t_len), dtype=np.float32)
-    return {
-        "raw": raw.astype(np.float32),
-        "demixed": demixed.astype(np.float32),
-        "neuropil": neuropil_estimate.astype(np.float32),
-    }
+    other = f_cell[partner] - col["f0"][partner] * bleach[partner]
+    demixed = measured + col["crosstalk"] * other
+    raw = demixed + (col["crosstalk"] + 0.05) * other
+    noise = rng.standard_normal((n, t_len), dtype=np.float32)
+    noise *= 3.0
+    noise += neuropil
+    return {"raw": raw.astype(np.float32), "demixed": demixed.astype(np.float32), "neuropil": noise}
 
 
 def baseline_dff(
@@ -284,7 +319,13 @@ def baseline_dff(
     nb = -(-t_len // block)
     padded = np.pad(corrected, ((0, 0), (0, nb * block - t_len)), mode="edge")
     means = padded.reshape(n, nb, block).mean(axis=2)
-    med = ndimage.median_filter(means, size=(1, min(median_blocks, nb)), mode="nearest")
+    # Running median evaluated every `stride` blocks (the baseline is smooth on that scale).
+    half, stride = median_blocks // 2, 5
+    ext = np.pad(means, ((0, 0), (half, half)), mode="edge")
+    windows = np.lib.stride_tricks.sliding_window_view(ext, 2 * half + 1, axis=1)[:, ::stride]
+    med_at = np.arange(0, nb, stride)
+    med = np.median(windows, axis=2)  # [N, len(med_at)]
+    med = np.stack([np.interp(np.arange(nb), med_at, m) for m in med])
     base_blocks = ndimage.uniform_filter1d(med, min(mean_blocks, nb), axis=1, mode="nearest")
     centers = np.arange(nb) * block + (block - 1) / 2
     frames = np.arange(t_len)
