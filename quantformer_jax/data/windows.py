@@ -9,7 +9,8 @@ What the original code does (REFERENCE.md 1.3-1.8) and the decisions taken here 
 * `corrected_fluorescence_dff`: per window and neuron, f0 = mean of the `baseline_frames` frames
   just before onset, x = (F - f0) / f0 over the whole window (computed in float64, as the original's
   numpy code, then stored as float32). `dff`: Allen's stored dF/F window, as is.
-  D5: non-finite values, windows with some f0 <= 0 and |dF/F| > 100 are counted, never changed;
+  D5: windows with some f0 <= 0 (over all trials in the recording), non-finite values and
+  |dF/F| > 100 (over the windows of the splits) are counted, never changed;
   `f0_eps > 0` excludes windows with any f0 <= f0_eps (counted). NaN in the input traces is an
   error naming the file and field.
 * Labels (`tsai_wen`): mean |dF/F| over the STIM_RESPONSE_FRAMES frames from onset > threshold,
@@ -162,9 +163,33 @@ def split_offset(epoch_table: pd.DataFrame, stimulus: str, *, source: str) -> in
 
 
 def _gather(trace: np.ndarray, starts: np.ndarray, lo: int, hi: int) -> np.ndarray:
-    """Frames [start + lo, start + hi) of every neuron: [N, frames] -> [W, N, hi - lo] float64."""
+    """Frames [start + lo, start + hi) of every neuron: [N, frames] -> [N, W, hi - lo] float64."""
     idx = starts[:, None] + np.arange(lo, hi)[None, :]  # [W, hi - lo]
-    return np.asarray(trace[:, idx], dtype=np.float64).transpose(1, 0, 2)
+    return np.asarray(trace[:, idx], dtype=np.float64)
+
+
+def _dff(x: np.ndarray, f0: np.ndarray) -> np.ndarray:
+    """(x - f0) / f0 in place, as the original (no guard): [N, W, L], [N, W] -> [N, W, L]."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        x -= f0[..., None]
+        x /= f0[..., None]
+    return x
+
+
+def _window_traces(source, starts, f0, spec: WindowSpec, counts: dict) -> np.ndarray:
+    """The model inputs of the windows at `starts`: float32 [W, N, T]; adds D5 flag counts."""
+    out = np.empty((len(starts), source.shape[0], spec.window_frames), dtype=np.float32)
+    chunk = 64  # bounds the float64 temporaries to 64 windows at a time
+    for lo in range(0, len(starts), chunk):
+        x = _gather(source, starts[lo : lo + chunk], -spec.source_frames, spec.forecast_frames)
+        if spec.trace_format == "corrected_fluorescence_dff":
+            x = _dff(x, f0[:, lo : lo + chunk])
+        mag = np.abs(x)  # NaN stays NaN, so `mag < inf` is False exactly for non-finite values
+        n_inf = int(np.count_nonzero(mag == np.inf))
+        counts["nonfinite_values"] += int(x.size - np.count_nonzero(mag < np.inf))
+        counts["large_dff_values"] += int(np.count_nonzero(mag > LARGE_DFF)) - n_inf
+        out[lo : lo + chunk] = x.transpose(1, 0, 2)  # [N, w, T] -> [w, N, T]
+    return out
 
 
 def _overlaps(starts: np.ndarray, others: np.ndarray, length: int) -> np.ndarray:
@@ -260,51 +285,32 @@ def make_windows(experiment: Experiment, spec: WindowSpec) -> tuple[dict[str, Wi
     }
     ok = np.flatnonzero(inside)
     # Baseline (f0) and label frames come from corrected F whatever the input format.
-    f0 = _gather(corrected, starts[ok], -b, 0).mean(axis=-1)  # [W, N]
-    response = _gather(corrected, starts[ok], 0, r)  # [W, N, R]
-    with np.errstate(divide="ignore", invalid="ignore"):
-        response = (response - f0[..., None]) / f0[..., None]
-        labels = (np.abs(response).mean(axis=-1) > spec.label_threshold).astype(np.int32)
-    f0_bad = f0 <= 0.0
+    f0 = np.zeros((experiment.num_cells, len(starts)))  # [N, n_trials]; 0 outside the recording
+    f0[:, ok] = _gather(corrected, starts[ok], -b, 0).mean(axis=-1)
+    response = np.abs(_dff(_gather(corrected, starts[ok], 0, r), f0[:, ok]))  # [N, W, R]
+    labels = np.zeros((len(starts), experiment.num_cells), dtype=np.int32)  # [n_trials, N]
+    labels[ok] = (response.mean(axis=-1) > spec.label_threshold).T
+    f0_bad = f0[:, ok] <= 0.0
     counts["f0_nonpositive_neuron_windows"] = int(f0_bad.sum())
-    counts["f0_nonpositive_windows"] = int(f0_bad.any(axis=1).sum())
-    counts["f0_nonpositive_neurons"] = int(f0_bad.any(axis=0).sum())
-    keep = np.zeros(len(starts), dtype=bool)
-    keep[ok] = True
+    counts["f0_nonpositive_windows"] = int(f0_bad.any(axis=0).sum())
+    counts["f0_nonpositive_neurons"] = int(f0_bad.any(axis=1).sum())
+    keep = inside.copy()
     below_eps = np.zeros(len(starts), dtype=bool)
     if spec.f0_eps > 0:
-        below_eps[ok] = (f0 <= spec.f0_eps).any(axis=1)
+        below_eps[ok] = (f0[:, ok] <= spec.f0_eps).any(axis=0)
         keep &= ~below_eps
     counts["dropped_f0_eps"] = int(below_eps.sum())
 
-    traces = np.empty((len(ok), experiment.num_cells, spec.window_frames), dtype=np.float32)
-    nonfinite = large = 0
-    chunk = 64  # bounds the float64 temporaries to 64 windows at a time
-    for lo in range(0, len(ok), chunk):
-        x = _gather(source, starts[ok[lo : lo + chunk]], -s, f)  # [w, N, T]
-        if spec.trace_format == "corrected_fluorescence_dff":
-            base = f0[lo : lo + chunk, :, None]
-            with np.errstate(divide="ignore", invalid="ignore"):
-                x = (x - base) / base
-        finite = np.isfinite(x)
-        nonfinite += int((~finite).sum())
-        large += int((np.abs(x[finite]) > LARGE_DFF).sum())
-        traces[lo : lo + chunk] = x
-    counts["nonfinite_values"] = nonfinite
-    counts["large_dff_values"] = large
-
     masks = _split_masks(starts, keep, offset, spec, counts)
-    pos = np.full(len(starts), -1, dtype=np.int64)
-    pos[ok] = np.arange(len(ok))  # trial index -> row in traces/labels
     feats = stimulus_features.stimulus_features(cids, spec.stim_features)
+    counts["nonfinite_values"] = counts["large_dff_values"] = 0  # over the windows of the splits
     splits = {}
     for name in SPLITS:
         trials = np.flatnonzero(masks[name])
-        rows = pos[trials]
         splits[name] = WindowSplit(
-            traces=traces[rows],
+            traces=_window_traces(source, starts[trials], f0[:, trials], spec, counts),
             stim=feats[trials],
-            labels=labels[rows],
+            labels=labels[trials],
             condition_id=cids[trials],
             trial_start=starts[trials],
         )
