@@ -216,6 +216,9 @@ def test_temporal_split_validation_and_leak_free():
     assert len(tr) == n_train_trials - 6 - 1 == summary["windows_train"]
     for a, b in [(tr, te), (va, te), (tr, va)]:
         assert (np.abs(a[:, None] - b[None, :]) >= T).all()
+    first = splits["train"].take(np.arange(2))
+    assert len(first) == 2 and first.num_neurons == 3 and first.window_frames == T
+    np.testing.assert_array_equal(first.trial_start, tr[:2])
 
 
 def test_overlap_across_close_epochs_only_without_leak_free():

@@ -203,6 +203,9 @@ def load_windows(
     path = os.path.join(processed_dir, f"{entry.experiment_id}-{key}.npz")
     cached = _load(path, entry.experiment_id)
     if cached is not None:
+        # The key holds the file's name, size and mtime, not its directory: a copied cache
+        # (same mtimes) still hits, and the summary names the file where it is now.
+        cached.summary["path"] = entry.nwb_path
         return cached
     experiment = nwb.load_experiment(entry.nwb_path)
     splits, summary = make_windows(experiment, spec)
