@@ -182,15 +182,8 @@ def test_empty_cache_dir_builds_the_simulated_observatory(tmp_path, monkeypatch)
     assert datasets.resolve_cache_dir(cfg) == expected and calls == [(expected, "full", 3)]
 
 
-@pytest.fixture(scope="module")
-def mini_cache(tmp_path_factory):
-    """The simulator's mini observatory (3 containers of 12/16/20 cells), built once."""
-    out = tmp_path_factory.mktemp("observatory")
-    simulate.build_observatory(out, size="mini", seed=0)
-    return str(out)
-
-
-def test_simulated_experiment_end_to_end(mini_cache, tmp_path):
+def test_simulated_experiment_end_to_end(mini_observatory, tmp_path):
+    mini_cache = str(mini_observatory)
     cfg = common.data_config()
     cfg.cache_dir, cfg.processed_cache_dir = mini_cache, str(tmp_path)
     ds = datasets.load_experiment_dataset(cfg)
