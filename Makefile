@@ -50,6 +50,8 @@ ALLEN_STAMP := $(ALLEN_VENV)/.installed
 allen-env: $(ALLEN_STAMP)
 
 $(ALLEN_STAMP): requirements-allen.txt
+	@command -v $(ALLEN_PYTHON) >/dev/null || { echo "allen-env needs $(ALLEN_PYTHON) \
+	(allensdk 2.16.2 runs on Python <= 3.11); set ALLEN_PYTHON=/path/to/python3.11" >&2; exit 1; }
 	test -x $(ALLEN_PY) || $(ALLEN_PYTHON) -m venv $(ALLEN_VENV)
 	$(ALLEN_PY) -m pip install -q --upgrade pip
 	$(ALLEN_PY) -m pip install -q -r requirements-allen.txt

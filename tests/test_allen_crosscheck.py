@@ -13,10 +13,11 @@ import pandas as pd
 import pytest
 
 from quantformer_jax.allen import crosscheck
-from quantformer_jax.data import simulate
+from quantformer_jax.data import cache
 
 REPO = Path(__file__).resolve().parents[1]
 ALLEN_PYTHON = REPO / ".venv-allen" / "bin" / "python"
+ALLEN_READY = REPO / ".venv-allen" / ".installed"  # written by `make allen-env` on success
 
 # Runs the real CLI entry point, then once more with our reader perturbed in two places, to show
 # that a disagreement is caught and named (the test of the cross-check itself).
@@ -42,19 +43,11 @@ print("RC_BAD", rc_bad, flush=True)
 """
 
 
-@pytest.fixture(scope="module")
-def observatory(tmp_path_factory):
-    out = tmp_path_factory.mktemp("observatory")
-    index = simulate.build_observatory(out, "mini", seed=0)
-    return out, index
-
-
-def test_allensdk_and_our_reader_agree_on_simulated_files(observatory):
-    if not ALLEN_PYTHON.exists():
-        pytest.skip(
-            f"allensdk environment not built: {ALLEN_PYTHON} missing (run `make allen-env`)"
-        )
-    out, index = observatory
+def test_allensdk_and_our_reader_agree_on_simulated_files(mini_observatory):
+    if not ALLEN_READY.exists():
+        pytest.skip(f"allensdk environment not built: {ALLEN_READY} missing (run `make allen-env`)")
+    out = mini_observatory  # built fresh for this pytest session (conftest.py)
+    index = cache.read_cache_index(out)
     first = index[0].experiment_id
     run = subprocess.run(
         [str(ALLEN_PYTHON), "-c", _SCRIPT, str(out), str(first)],

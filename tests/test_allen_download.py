@@ -20,11 +20,12 @@ from quantformer_jax.allen import download, listing
 
 REPO = Path(__file__).resolve().parents[1]
 ALLEN_PYTHON = REPO / ".venv-allen" / "bin" / "python"
+ALLEN_READY = REPO / ".venv-allen" / ".installed"  # written by `make allen-env` on success
 CLI = ["-m", "quantformer_jax.allen.download"]
 
 needs_allen_env = pytest.mark.skipif(
-    not ALLEN_PYTHON.exists(),
-    reason=f"allensdk environment not built: {ALLEN_PYTHON} missing (run `make allen-env`)",
+    not ALLEN_READY.exists(),
+    reason=f"allensdk environment not built: {ALLEN_READY} missing (run `make allen-env`)",
 )
 
 
@@ -283,95 +284,103 @@ def test_cli_fails_cleanly_when_the_servers_cannot_be_reached(tmp_path):
     assert not (tmp_path / "c" / "ophys_experiment_data").exists()
 
 
-def _write_index(root: Path, experiments: dict[int, tuple[int, str]]) -> None:
-    """Index JSONs in the raw API format of ALLEN_FORMAT.md 2.3: exp id -> (container, session)."""
-    donor = {
-        "external_donor_name": "000001",
-        "date_of_birth": "2015-12-18T00:00:00Z",
-        "conditions": [],
-        "transgenic_lines": [
-            {"name": "Cux2-CreERT2", "transgenic_line_type_name": "driver"},
-            {"name": "Camk2a-tTA", "transgenic_line_type_name": "driver"},
-            {"name": "Ai93(TITL-GCaMP6f)", "transgenic_line_type_name": "reporter"},
-        ],
-    }
+# In .venv-allen: the simulated observatory is served over HTTP by a local server and a fake
+# Allen API points at it; the tool fetches two containers into a new cache (resuming one partial
+# file), fetches again (nothing to do), rejects an unknown container and lists the cache.
+_FETCH_SCRIPT = r"""
+import functools, http.server, json, os, shutil, sys, threading
+from allensdk.api.queries.brain_observatory_api import BrainObservatoryApi
+from quantformer_jax.allen import download
 
-    def record(cid):
-        return {
-            "id": cid,
-            "imaging_depth": 175,
-            "failed": False,
-            "targeted_structure": {"acronym": "VISp"},
-            "specimen": {"name": f"Cux2-CreERT2;Camk2a-tTA;Ai93-{cid}", "donor": donor},
-        }
+source, dest, nothing = sys.argv[1:4]
+files = os.path.join(source, "ophys_experiment_data")
+requests = []
 
-    root.mkdir(parents=True, exist_ok=True)
-    containers = sorted({c for c, _ in experiments.values()})
-    (root / "experiment_containers.json").write_text(json.dumps([record(c) for c in containers]))
-    exps = [
-        record(cid)
-        | {
-            "id": eid,
-            "experiment_container_id": cid,
-            "stimulus_name": session,
-            "date_of_acquisition": "2016-03-31T09:52:09Z",
-            "experiment_container": {"failed": False},
-        }
-        for eid, (cid, session) in experiments.items()
-    ]
-    (root / "ophys_experiments.json").write_text(json.dumps(exps))
+class Handler(http.server.SimpleHTTPRequestHandler):
+    def do_GET(self):
+        requests.append([self.path, self.headers.get("Range")])
+        super().do_GET()
+    def log_message(self, *args):
+        pass
 
+server = http.server.ThreadingHTTPServer(
+    ("127.0.0.1", 0), functools.partial(Handler, directory=files))
+threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
 
-# allensdk writes the manifest of a new cache directory itself; then the tool lists it.
-_LIST_SCRIPT = """
-import sys
-from allensdk.core.brain_observatory_cache import BrainObservatoryCache
-from quantformer_jax.allen.download import main
-if sys.argv[2] == "make-manifest":
-    BrainObservatoryCache(manifest_file=sys.argv[1] + "/manifest.json")
-sys.exit(main(["--cache-dir", sys.argv[1], "--list"]))
+class FakeApi(BrainObservatoryApi):
+    def template_query(self, template_name, entry_name, **kwargs):
+        if entry_name == "all_eye_mapping_files":
+            return []
+        if entry_name == "ophys_experiment_data":
+            return [{"download_link": "/%d.nwb" % kwargs["ophys_experiment_id"]}]
+        raise AssertionError(entry_name)
+
+api = FakeApi(base_uri="http://127.0.0.1:%d" % server.server_address[1])
+os.makedirs(os.path.join(dest, "ophys_experiment_data"))
+for name in ("manifest.json", "experiment_containers.json", "ophys_experiments.json"):
+    shutil.copy(os.path.join(source, name), dest)
+exps = json.load(open(os.path.join(source, "ophys_experiments.json")))
+(c1, e1), (c2, e2), (c3, e3) = sorted((e["experiment_container_id"], e["id"]) for e in exps)
+with open(os.path.join(files, "%d.nwb" % e2), "rb") as f:
+    head = f.read(1000)
+with open(os.path.join(dest, "ophys_experiment_data", "%d.nwb.part" % e2), "wb") as f:
+    f.write(head)
+out = {"ids": [c1, e1, c2, e2, c3, e3]}
+first = download.fetch(dest, [c1, c2], stimuli=["drifting_gratings"], api=api, progress=False)
+out["first"] = [[f.experiment_id, f.status] for f in first]
+out["identical"] = all(
+    open(f.path, "rb").read() == open(os.path.join(files, "%d.nwb" % f.experiment_id), "rb").read()
+    for f in first)
+out["requests"] = list(requests)
+again = download.fetch(dest, [c1, c2], session_types=["three_session_A"], api=api, progress=False)
+out["again"] = [[f.experiment_id, f.status] for f in again]
+out["requests_after_again"] = len(requests)
+try:
+    download.fetch(dest, [c1, 123], api=api, progress=False)
+except ValueError as e:
+    out["unknown"] = str(e)
+print(json.dumps(out))
+print("LISTING")
+sys.stdout.flush()
+download.main(["--cache-dir", dest, "--list", "--containers", str(c1), str(c2), str(c3)])
+print("NOTHING", download.main(["--cache-dir", nothing, "--list"]))
 """
 
 
 @needs_allen_env
-def test_cli_lists_a_cache_offline(tmp_path):
-    root = tmp_path / "cache"
-    _write_index(
-        root,
-        {
-            901: (900, "three_session_A"),
-            902: (900, "three_session_B"),
-            911: (910, "three_session_A"),
-            921: (920, "three_session_A"),
-        },
+def test_fetch_resumes_skips_complete_files_and_lists_the_cache(mini_observatory, tmp_path):
+    run = subprocess.run(
+        [str(ALLEN_PYTHON), "-c", _FETCH_SCRIPT, str(mini_observatory), str(tmp_path / "cache"),
+         str(tmp_path / "nothing")],
+        cwd=tmp_path, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stdout + run.stderr
+    result, _, listed = run.stdout.partition("LISTING")
+    out = json.loads(result)
+    c1, e1, c2, e2, c3, e3 = out["ids"]
+    assert out["first"] == [[e1, "downloaded"], [e2, "downloaded"]]
+    assert out["identical"]
+    # e2 continued from the 1000 bytes already there; e1 started from scratch.
+    assert out["requests"] == [[f"/{e1}.nwb", None], [f"/{e2}.nwb", "bytes=1000-"]]
+    assert out["again"] == [[e1, "present"], [e2, "present"]]
+    assert out["requests_after_again"] == 2  # nothing downloaded twice
+    assert "container(s) [123]" in out["unknown"]
+    lines = listed.strip().splitlines()
+    size = sum(
+        (mini_observatory / "ophys_experiment_data" / f"{e}.nwb").stat().st_size for e in (e1, e2)
     )
-    data = root / "ophys_experiment_data"
-    data.mkdir()
-    (data / "901.nwb").write_bytes(b"x" * 5000)
-    (data / "911.nwb.part").write_bytes(b"x" * 100)
-    out = subprocess.run(
-        [str(ALLEN_PYTHON), "-c", _LIST_SCRIPT, str(root), "make-manifest"],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert out.returncode == 0, out.stderr
-    lines = out.stdout.strip().splitlines()
     assert lines[0].endswith(
-        "3 containers, 4 experiments in the index; 1 NWB files present (4.9 KiB), "
-        "1 partial downloads"
+        f"3 containers, 3 experiments in the index; 2 NWB files present "
+        f"({listing.human_size(size)}), 0 partial downloads"
     )
-    assert [ln.split()[:2] for ln in lines[1:]] == [
-        ["container", "900"],
-        ["901", "three_session_A"],
-        ["902", "three_session_B"],
-        ["container", "910"],
-        ["911", "three_session_A"],
+    assert [ln.split()[:2] for ln in lines[1:7]] == [
+        ["container", str(c1)],
+        [str(e1), "three_session_A"],
+        ["container", str(c2)],
+        [str(e2), "three_session_A"],
+        ["container", str(c3)],
+        [str(e3), "three_session_A"],
     ]
-    assert "not downloaded" in lines[3] and "partial download" in lines[5]
-    # Listing reads only: no network (no --base-uri needed), nothing written.
-    assert sorted(p.name for p in data.iterdir()) == ["901.nwb", "911.nwb.part"]
-    out = _run_cli("--cache-dir", str(tmp_path / "nothing"), "--list", cwd=tmp_path)
-    assert out.returncode == download.EXIT_BAD_INPUT
-    assert "no manifest.json" in out.stderr
+    assert lines[6].endswith("not downloaded")
+    assert lines[-1] == "NOTHING 1"
+    assert "no manifest.json" in run.stderr
