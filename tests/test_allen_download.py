@@ -288,7 +288,7 @@ def test_cli_fails_cleanly_when_the_servers_cannot_be_reached(tmp_path):
 # Allen API points at it; the tool fetches two containers into a new cache (resuming one partial
 # file), fetches again (nothing to do), rejects an unknown container and lists the cache.
 _FETCH_SCRIPT = r"""
-import functools, http.server, json, os, shutil, sys, threading
+import functools, http.server, json, os, sys, threading
 from allensdk.api.queries.brain_observatory_api import BrainObservatoryApi
 from quantformer_jax.allen import download
 
@@ -307,18 +307,22 @@ server = http.server.ThreadingHTTPServer(
     ("127.0.0.1", 0), functools.partial(Handler, directory=files))
 threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
 
+queries = []
+
 class FakeApi(BrainObservatoryApi):
+    # The Allen API's answers, taken from the source cache's raw records.
     def template_query(self, template_name, entry_name, **kwargs):
+        queries.append(entry_name)
         if entry_name == "all_eye_mapping_files":
             return []
         if entry_name == "ophys_experiment_data":
             return [{"download_link": "/%d.nwb" % kwargs["ophys_experiment_id"]}]
-        raise AssertionError(entry_name)
+        index = {"experiment_container": "experiment_containers.json",
+                 "ophys_experiment_by_ids": "ophys_experiments.json"}[entry_name]
+        return json.load(open(os.path.join(source, index)))
 
 api = FakeApi(base_uri="http://127.0.0.1:%d" % server.server_address[1])
-os.makedirs(os.path.join(dest, "ophys_experiment_data"))
-for name in ("manifest.json", "experiment_containers.json", "ophys_experiments.json"):
-    shutil.copy(os.path.join(source, name), dest)
+os.makedirs(os.path.join(dest, "ophys_experiment_data"))  # a new cache: no manifest, no index
 exps = json.load(open(os.path.join(source, "ophys_experiments.json")))
 (c1, e1), (c2, e2), (c3, e3) = sorted((e["experiment_container_id"], e["id"]) for e in exps)
 with open(os.path.join(files, "%d.nwb" % e2), "rb") as f:
@@ -335,6 +339,7 @@ out["requests"] = list(requests)
 again = download.fetch(dest, [c1, c2], session_types=["three_session_A"], api=api, progress=False)
 out["again"] = [[f.experiment_id, f.status] for f in again]
 out["requests_after_again"] = len(requests)
+out["queries"] = queries
 try:
     download.fetch(dest, [c1, 123], api=api, progress=False)
 except ValueError as e:
@@ -364,6 +369,9 @@ def test_fetch_resumes_skips_complete_files_and_lists_the_cache(mini_observatory
     assert out["requests"] == [[f"/{e1}.nwb", None], [f"/{e2}.nwb", "bytes=1000-"]]
     assert out["again"] == [[e1, "present"], [e2, "present"]]
     assert out["requests_after_again"] == 2  # nothing downloaded twice
+    # The index was fetched once and then read from the cache (allensdk's lazy strategy).
+    assert out["queries"].count("experiment_container") == 1
+    assert out["queries"].count("ophys_experiment_by_ids") == 1
     assert "container(s) [123]" in out["unknown"]
     lines = listed.strip().splitlines()
     size = sum(

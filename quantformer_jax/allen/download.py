@@ -265,11 +265,16 @@ def fetch(
     boc = open_cache(cache_dir, api)
     host = urllib.parse.urlsplit(boc.api.api_url).hostname or boc.api.api_url
     with _reaching(host):
+        # Both index files are written (lazily, whole-Observatory) so the cache lists offline.
+        containers = boc.get_experiment_containers(include_failed=True)
         experiments = boc.get_ophys_experiments(
             experiment_container_ids=list(container_ids),
             stimuli=list(stimuli) if stimuli else None,
             session_types=list(session_types) if session_types else None,
         )
+    failed = sorted(int(c["id"]) for c in containers if c["failed"] and c["id"] in container_ids)
+    if failed:
+        raise ValueError(f"container(s) {failed} are marked failed in the Allen index")
     wanted = f"stimuli {list(stimuli)}" if stimuli else f"session types {list(session_types or [])}"
     by_container = check_selection(
         experiments, container_ids, wanted if stimuli or session_types else "any session"
