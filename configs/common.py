@@ -91,6 +91,10 @@ def tokenizer_config() -> ml_collections.ConfigDict:
     c.vq_loss = "reference"  # reference (original STE-output losses) | textbook
     c.mask_ratio = 0.2
     c.masking = "random"  # random | causal | peaks
+    c.num_patches = constants.NUM_PATCHES  # L of a full window; positional tables have L + 1 rows
+    c.ablate_quantizer = False  # z_q = z_e (the original's --ablate-quantizer)
+    c.dtype = "float32"  # computation dtype (params stay float32), e.g. "bfloat16"
+    c.precision = "default"  # matmul precision: default | high | highest
     return c
 
 

@@ -1,0 +1,1 @@
+"""Models: patch transformer, vector quantizer, masking, VQ tokenizer and QuantCoder."""

@@ -1,0 +1,270 @@
+"""Patch-token transformer: post-LN TST layers with residual attention, patch encoder and decoder.
+
+This is the PatchTST-style backbone of QuantFormer (REFERENCE.md section 2.4). Every neuron is an
+independent sequence of patch tokens, so all modules take `[M, L, ...]` for any number of rows M
+(neurons x windows, flattened) and one set of weights serves any neuron count.
+
+Fidelity to the PyTorch original:
+* Linear layers use torch's default init, U(+-1/sqrt(fan_in)) for weights and biases.
+* LayerNorm eps is 1e-5; GELU is the exact erf form; there is no final norm after the stack.
+* Attention scale is the constant head_dim**-0.5 (a non-trainable buffer in the original).
+* Residual (RealFormer) attention: each layer adds the *cumulative* pre-softmax scores of the
+  previous layers, i.e. layer l receives the scores that layer l-1 returned, which already
+  include everything before it.
+* The positional table has L + 1 rows initialised U(+-0.02) and is sliced to the tokens present;
+  prompt tokens are prepended after the positional encoding and get none.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+LAYER_NORM_EPS = 1e-5  # torch.nn.LayerNorm default (flax's is 1e-6)
+POS_INIT_RANGE = 0.02  # the original's `pe='zeros'` learned table: U(-0.02, 0.02)
+
+Dtype = Any
+Precision = Any  # None | str ('default', 'high', 'highest') | jax.lax.Precision
+
+
+def torch_uniform_init(fan_in: int) -> nn.initializers.Initializer:
+    """U(-1/sqrt(fan_in), 1/sqrt(fan_in)): torch.nn.Linear's default for weights and biases."""
+    bound = 1.0 / math.sqrt(fan_in)
+
+    def init(key: jax.Array, shape: tuple[int, ...], dtype: Dtype = jnp.float32) -> jax.Array:
+        return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+    return init
+
+
+def torch_dense(
+    features: int,
+    fan_in: int,
+    *,
+    dtype: Dtype = jnp.float32,
+    precision: Precision = None,
+    name: str | None = None,
+) -> nn.Dense:
+    """A Dense layer initialised like torch.nn.Linear(fan_in, features) (weights and bias)."""
+    init = torch_uniform_init(fan_in)
+    return nn.Dense(
+        features,
+        kernel_init=init,
+        bias_init=init,
+        dtype=dtype,
+        precision=precision,
+        name=name,
+    )
+
+
+def _centered_uniform(key: jax.Array, shape: tuple[int, ...], dtype: Dtype = jnp.float32):
+    """U(-0.02, 0.02) for the learned positional tables (flax's `uniform` starts at 0)."""
+    return jax.random.uniform(key, shape, dtype, -POS_INIT_RANGE, POS_INIT_RANGE)
+
+
+class ResidualAttention(nn.Module):
+    """Multi-head self-attention that also returns (and accepts) pre-softmax scores.
+
+    Attributes:
+        d_model: model width d; must be divisible by `num_heads`.
+        num_heads: number of heads H (head_dim = d / H).
+        attn_dropout: dropout on the attention weights (0 in the original).
+        dtype: computation dtype.
+        precision: matmul precision passed to XLA.
+    """
+
+    d_model: int
+    num_heads: int
+    attn_dropout: float = 0.0
+    dtype: Dtype = jnp.float32
+    precision: Precision = None
+
+    @nn.compact
+    def __call__(
+        self, x: jax.Array, prev_scores: jax.Array | None, *, train: bool
+    ) -> tuple[jax.Array, jax.Array]:
+        """Attends within each row.
+
+        Args:
+            x: [M, L, d] tokens.
+            prev_scores: [M, H, L, L] cumulative pre-softmax scores of earlier layers, or None.
+            train: enables dropout.
+
+        Returns:
+            (out [M, L, d], scores [M, H, L, L]); `scores` include `prev_scores`, so feeding them to
+            the next layer accumulates them (RealFormer residual attention).
+        """
+        m, length, d = x.shape
+        if d % self.num_heads:
+            raise ValueError(f"d_model={d} is not divisible by num_heads={self.num_heads}")
+        head_dim = d // self.num_heads
+
+        def proj(name: str) -> jax.Array:
+            y = torch_dense(d, d, dtype=self.dtype, precision=self.precision, name=name)(x)
+            return y.reshape(m, length, self.num_heads, head_dim)  # [M, L, H, dh]
+
+        q, k, v = proj("W_Q"), proj("W_K"), proj("W_V")
+        # A constant (the original stores it as a requires_grad=False parameter): not learned.
+        scale = head_dim**-0.5
+        scores = jnp.einsum("mqhc,mkhc->mhqk", q, k, precision=self.precision) * scale
+        if prev_scores is not None:
+            scores = scores + prev_scores
+        weights = jax.nn.softmax(scores.astype(jnp.float32), axis=-1).astype(self.dtype)
+        weights = nn.Dropout(self.attn_dropout)(weights, deterministic=not train)
+        out = jnp.einsum("mhqk,mkhc->mqhc", weights, v, precision=self.precision)
+        out = out.reshape(m, length, d)  # [M, L, H, dh] -> [M, L, d]
+        out = torch_dense(d, d, dtype=self.dtype, precision=self.precision, name="to_out")(out)
+        return out, scores
+
+
+class _TSTModule(nn.Module):
+    """Hyperparameters shared by the TST layer, the stack, the encoder and the decoder.
+
+    Attributes:
+        d_model: model width d.
+        num_heads: attention heads.
+        d_ff: hidden width of the feed-forward block.
+        num_layers: TST layers in a stack.
+        max_patches: patches per full window (L); positional tables have L + 1 rows as in the
+            original, so sequences of up to L + 1 patches are accepted.
+        dropout: dropout after attention, inside and after the feed-forward block, on the
+            attention weights and on the embeddings (0 in the original).
+        dtype: computation dtype (parameters stay float32).
+        precision: matmul precision.
+    """
+
+    d_model: int
+    num_heads: int
+    d_ff: int
+    num_layers: int = 1
+    max_patches: int = 10
+    dropout: float = 0.0
+    dtype: Dtype = jnp.float32
+    precision: Precision = None
+
+    def _dense(self, features: int, fan_in: int, name: str) -> nn.Dense:
+        return torch_dense(features, fan_in, dtype=self.dtype, precision=self.precision, name=name)
+
+    def _add_positions(self, x: jax.Array, *, train: bool) -> jax.Array:
+        """[M, L, d] + the learned positional table W_pos[:L], then embedding dropout."""
+        length = x.shape[1]
+        if length > self.max_patches + 1:
+            raise ValueError(
+                f"{type(self).__name__}: {length} patches exceed the positional table "
+                f"({self.max_patches + 1} rows, config.model.num_patches={self.max_patches})"
+            )
+        w_pos = self.param("W_pos", _centered_uniform, (self.max_patches + 1, self.d_model))
+        x = x.astype(self.dtype) + w_pos[:length].astype(self.dtype)
+        return nn.Dropout(self.dropout)(x, deterministic=not train)
+
+    def _stack(self, x: jax.Array, *, train: bool) -> jax.Array:
+        """The TST stack as a submodule named 'stack'."""
+        return TSTStack(
+            d_model=self.d_model,
+            num_heads=self.num_heads,
+            d_ff=self.d_ff,
+            num_layers=self.num_layers,
+            dropout=self.dropout,
+            dtype=self.dtype,
+            precision=self.precision,
+            name="stack",
+        )(x, train=train)
+
+
+class TSTEncoderLayer(_TSTModule):
+    """One post-norm TST layer: x = LN(x + attn(x)); x = LN(x + FF(x)) (see `_TSTModule`)."""
+
+    @nn.compact
+    def __call__(
+        self, x: jax.Array, prev_scores: jax.Array | None, *, train: bool
+    ) -> tuple[jax.Array, jax.Array]:
+        """[M, L, d], [M, H, L, L] | None -> ([M, L, d], cumulative scores [M, H, L, L])."""
+        deterministic = not train
+        attn, scores = ResidualAttention(
+            self.d_model,
+            self.num_heads,
+            attn_dropout=self.dropout,
+            dtype=self.dtype,
+            precision=self.precision,
+            name="self_attn",
+        )(x, prev_scores, train=train)
+        x = x + nn.Dropout(self.dropout)(attn, deterministic=deterministic)
+        x = nn.LayerNorm(epsilon=LAYER_NORM_EPS, dtype=self.dtype, name="norm_attn")(x)
+
+        h = self._dense(self.d_ff, self.d_model, "ff_0")(x)
+        h = jax.nn.gelu(h, approximate=False)  # torch's nn.GELU() is the exact erf form
+        h = nn.Dropout(self.dropout)(h, deterministic=deterministic)
+        h = self._dense(self.d_model, self.d_ff, "ff_1")(h)
+        x = x + nn.Dropout(self.dropout)(h, deterministic=deterministic)
+        x = nn.LayerNorm(epsilon=LAYER_NORM_EPS, dtype=self.dtype, name="norm_ffn")(x)
+        return x, scores
+
+
+class TSTStack(_TSTModule):
+    """`num_layers` TST layers sharing residual attention scores; no final norm."""
+
+    @nn.compact
+    def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+        """[M, L, d] -> [M, L, d]."""
+        scores = None  # the first layer gets no previous scores
+        for i in range(self.num_layers):
+            x, scores = TSTEncoderLayer(
+                d_model=self.d_model,
+                num_heads=self.num_heads,
+                d_ff=self.d_ff,
+                dropout=self.dropout,
+                dtype=self.dtype,
+                precision=self.precision,
+                name=f"layers_{i}",
+            )(x, scores, train=train)
+        return x
+
+
+class PatchEncoder(_TSTModule):
+    """Patch tokens -> contextual embeddings (the QuantFormer / QuantCoder encoder)."""
+
+    @nn.compact
+    def __call__(
+        self, patches: jax.Array, prompts: jax.Array | None = None, *, train: bool
+    ) -> jax.Array:
+        """Embeds patches, adds positions, prepends prompts, runs the TST stack.
+
+        Args:
+            patches: [M, L, P] patch values (masked patches already zero-filled).
+            prompts: optional [M, n_prompts, d] tokens prepended after the positional encoding.
+            train: enables dropout.
+
+        Returns:
+            [M, n_prompts + L, d]: prompt outputs first, then one output per patch.
+        """
+        m, _, patch_len = patches.shape
+        x = self._dense(self.d_model, patch_len, "W_P")(patches)  # [M, L, P] -> [M, L, d]
+        x = self._add_positions(x, train=train)
+        if prompts is not None:
+            if prompts.ndim != 3 or prompts.shape[0] != m or prompts.shape[2] != self.d_model:
+                raise ValueError(
+                    f"PatchEncoder: prompts must be [{m}, n_prompts, {self.d_model}], "
+                    f"got {prompts.shape}"
+                )
+            x = jnp.concatenate([prompts.astype(self.dtype), x], axis=1)
+        return self._stack(x, train=train)
+
+
+class PatchDecoder(_TSTModule):
+    """Token embeddings -> patch values: own positional table, TST stack, Linear(d -> P).
+
+    Attributes:
+        patch_len: output frames per token (P); the rest as in `_TSTModule`.
+    """
+
+    patch_len: int = 16
+
+    @nn.compact
+    def __call__(self, z: jax.Array, *, train: bool) -> jax.Array:
+        """[M, L, d] -> [M, L, P] (float32)."""
+        x = self._stack(self._add_positions(z, train=train), train=train)
+        return self._dense(self.patch_len, self.d_model, "W_P")(x).astype(jnp.float32)

@@ -1,0 +1,1 @@
+"""Training: train state, optimizers, losses, loops and the pretraining/finetuning trainers."""
