@@ -14,9 +14,10 @@ that names the keys (a checkpoint of another model is never silently loaded).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import jax
@@ -26,6 +27,17 @@ from absl import logging
 PyTree = Any
 STATE = "state"
 META = "meta"
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """Hides orbax's per-save INFO chatter (dozens of lines per checkpoint) from the run log."""
+    level = logging.get_verbosity()
+    logging.set_verbosity(min(level, logging.WARNING))
+    try:
+        yield
+    finally:
+        logging.set_verbosity(level)
 
 
 def abstract_like(state: PyTree) -> PyTree:
@@ -108,8 +120,9 @@ class Checkpointer:
         self.architecture = json.loads(json.dumps(dict(architecture)))
         self.best_metric = best_metric
         self.best_mode = best_mode
-        self._latest = _manager(self.directory, max_to_keep)
-        self._best = _manager(os.path.join(self.directory, "best"), 1, best_metric, best_mode)
+        with _quiet():
+            self._latest = _manager(self.directory, max_to_keep)
+            self._best = _manager(os.path.join(self.directory, "best"), 1, best_metric, best_mode)
 
     def latest_step(self) -> int | None:
         return self._latest.latest_step()
@@ -129,30 +142,35 @@ class Checkpointer:
         Replacing keeps the newest meta (e.g. a mid-epoch checkpoint followed by the after-eval
         one at the same step); a kill in between leaves older checkpoints, which replay exactly.
         """
-        if step in self._latest.all_steps():
-            self._latest.delete(step)
         meta = {**meta, "architecture": self.architecture}
-        self._latest.save(
-            step,
-            args=ocp.args.Composite(
-                **{STATE: ocp.args.StandardSave(state), META: ocp.args.JsonSave(meta)}
-            ),
-            force=True,
-        )
+        with _quiet():
+            if step in self._latest.all_steps():
+                self._latest.delete(step)
+            self._latest.save(
+                step,
+                args=ocp.args.Composite(
+                    **{STATE: ocp.args.StandardSave(state), META: ocp.args.JsonSave(meta)}
+                ),
+                force=True,
+            )
+        logging.info("Saved checkpoint %s/%d", self.directory, step)
 
     def save_best(self, step: int, state: PyTree, meta: Mapping[str, Any], value: float) -> None:
         """Replaces the best checkpoint by this one (the caller decided it improved)."""
-        if step in self._best.all_steps():
-            self._best.delete(step)  # a resumed run re-evaluating the same step
         meta = {**meta, "architecture": self.architecture}
-        self._best.save(
-            step,
-            args=ocp.args.Composite(
-                **{STATE: ocp.args.StandardSave(state), META: ocp.args.JsonSave(meta)}
-            ),
-            metrics={self.best_metric: float(value)},
-            force=True,
-        )
+        with _quiet():
+            if step in self._best.all_steps():
+                self._best.delete(step)  # a resumed run re-evaluating the same step
+            self._best.save(
+                step,
+                args=ocp.args.Composite(
+                    **{STATE: ocp.args.StandardSave(state), META: ocp.args.JsonSave(meta)}
+                ),
+                metrics={self.best_metric: float(value)},
+                force=True,
+            )
+        logging.info("New best %s=%.6g: checkpoint %s/best/%d", self.best_metric, value,
+                     self.directory, step)  # fmt: skip
 
     def restore(
         self, abstract_state: PyTree, *, best: bool = False, step: int | None = None
@@ -169,18 +187,22 @@ class Checkpointer:
         return _restore(manager, step, abstract_state, self.architecture)
 
     def close(self) -> None:
-        self._latest.close()
-        self._best.close()
+        with _quiet():
+            self._latest.close()
+            self._best.close()
 
 
 def _restore(manager, step: int, abstract_state: PyTree, architecture: Mapping[str, Any] | None):
     where = os.path.join(str(manager.directory), str(step))
-    meta = manager.restore(step, args=ocp.args.Composite(**{META: ocp.args.JsonRestore()}))[META]
+    with _quiet():
+        meta = manager.restore(step, args=ocp.args.Composite(**{META: ocp.args.JsonRestore()}))
+    meta = meta[META]
     if architecture is not None:
         check_architecture(meta.get("architecture", {}), architecture, where)
-    restored = manager.restore(
-        step, args=ocp.args.Composite(**{STATE: ocp.args.StandardRestore(abstract_state)})
-    )
+    with _quiet():
+        restored = manager.restore(
+            step, args=ocp.args.Composite(**{STATE: ocp.args.StandardRestore(abstract_state)})
+        )
     logging.info("Restored checkpoint %s", where)
     return restored[STATE], meta
 
@@ -195,7 +217,10 @@ def read_meta(workdir: str, *, best: bool = True) -> dict[str, Any]:
     step = manager.latest_step()
     if step is None:
         raise FileNotFoundError(f"no {'best' if best else 'latest'} checkpoint in {workdir}")
-    return manager.restore(step, args=ocp.args.Composite(**{META: ocp.args.JsonRestore()}))[META]
+    with _quiet():
+        return manager.restore(step, args=ocp.args.Composite(**{META: ocp.args.JsonRestore()}))[
+            META
+        ]
 
 
 def restore_pretrained(
@@ -221,9 +246,9 @@ def restore_pretrained(
         raise FileNotFoundError(
             f"config.init_from: no {'best' if best else 'latest'} checkpoint in {workdir}"
         )
-    meta = manager.restore(step, args=ocp.args.Composite(**{META: ocp.args.JsonRestore()}))[META]
-    state, meta = _restore(manager, step, abstract_state_fn(meta), None)
-    return state, meta
+    with _quiet():
+        meta = manager.restore(step, args=ocp.args.Composite(**{META: ocp.args.JsonRestore()}))
+    return _restore(manager, step, abstract_state_fn(meta[META]), None)
 
 
 def _open_readonly(workdir: str, best: bool):
@@ -233,4 +258,5 @@ def _open_readonly(workdir: str, best: bool):
     if not os.path.isdir(directory):
         raise FileNotFoundError(f"no checkpoint directory {directory}")
     options = ocp.CheckpointManagerOptions(create=False, read_only=True)
-    return ocp.CheckpointManager(directory, options=options, item_names=(STATE, META))
+    with _quiet():
+        return ocp.CheckpointManager(directory, options=options, item_names=(STATE, META))
