@@ -12,8 +12,8 @@ Observatory. The experiment index comes from `BrainObservatoryCache`; the NWB fi
 are streamed here (not by allensdk) to `<id>.nwb.part` and renamed when complete, because
 allensdk writes straight to `<id>.nwb` and then treats an interrupted download as complete.
 
-Exit codes: 0 done, 1 bad arguments or data, 2 the Allen servers cannot be reached, 3 a download
-stopped early (its `.part` file is kept and the next run resumes it).
+Exit codes: 0 done, 1 bad arguments or data (or an HTTP error answer), 2 the Allen servers cannot
+be reached, 3 a download stopped early (its `.part` file is kept and the next run resumes it).
 """
 
 from __future__ import annotations
@@ -75,17 +75,6 @@ class FetchedFile:
 # --- Network errors ------------------------------------------------------------------------------
 
 
-def _network_error_types() -> tuple[type[BaseException], ...]:
-    types: list[type[BaseException]] = [urllib.error.URLError, ConnectionError, TimeoutError]
-    try:  # allensdk's file downloads go through requests; the main venv may not have it
-        import requests
-
-        types += [requests.exceptions.ConnectionError, requests.exceptions.Timeout]
-    except ImportError:
-        pass
-    return tuple(types)
-
-
 def unreachable_message(error: BaseException, host: str = API_HOST) -> str:
     """One line saying that `host` cannot be reached and why, in words a user can act on."""
     reason = getattr(error, "reason", error)  # URLError wraps the socket error in .reason
@@ -110,7 +99,7 @@ def _reaching(host: str = API_HOST) -> Iterator[None]:
         yield
     except urllib.error.HTTPError:
         raise  # the server answered: not a connectivity problem
-    except _network_error_types() as e:
+    except (urllib.error.URLError, ConnectionError, TimeoutError) as e:  # allensdk uses urllib
         raise ServerUnreachableError(unreachable_message(e, host)) from e
 
 
@@ -394,6 +383,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except DownloadIncompleteError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_INCOMPLETE
+    except urllib.error.HTTPError as e:  # reached, but the server refused or failed
+        print(
+            f"error: the Allen server answered HTTP {e.code} {e.reason} for {e.url}",
+            file=sys.stderr,
+        )
+        return EXIT_BAD_INPUT
     except (ValueError, FileNotFoundError, RuntimeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
