@@ -233,7 +233,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--tol", type=float, default=DEFAULT_TOL)
     args = p.parse_args(argv)
     t0 = time.perf_counter()
-    n = crosscheck(args.cache_dir, args.experiments, args.tol)
+    try:
+        n = crosscheck(args.cache_dir, args.experiments, args.tol)
+    except (OSError, ValueError, RuntimeError) as e:  # DataError is a ValueError
+        print(f"cross-check FAILED: cannot read the cache index: {e}")
+        return 1
     took = f"{time.perf_counter() - t0:.1f} s"
     if n:
         print(f"cross-check FAILED: {n} mismatches between allensdk and our reader ({took})")
