@@ -203,3 +203,19 @@ def test_simulated_experiment_end_to_end(mini_observatory, tmp_path):
     assert datasets.load_experiment_dataset(cfg).cache_hit
     pre = datasets.load_pretraining_dataset(cfg)
     assert pre.summary["num_neurons"] == [12, 16, 20] and pre.summary["active_rows_train"] > 0
+
+
+def test_defaults_use_only_containers_with_files_like_a_partial_real_cache(fake_cache, tmp_path):
+    """A real index lists the whole Observatory; only downloaded experiments are selected."""
+    cfg, reads, _ = fake_cache
+    os.remove(tmp_path / cache.EXPERIMENT_DATA_DIR / "1.nwb")  # container 10 not downloaded
+    records = json.loads((tmp_path / cache.EXPERIMENTS_FILE).read_text())
+    records.append(dict(records[0], id=7, experiment_container_id=40))  # 2nd DG experiment of 40
+    records.append(dict(records[0], id=8, experiment_container_id=40))
+    cache.write_json(str(tmp_path / cache.EXPERIMENTS_FILE), records)
+    assert datasets.load_experiment_dataset(cfg).container_id == 20
+    assert datasets.load_pretraining_dataset(cfg).summary["container_ids"] == [20]
+    assert reads == [3]
+    cfg.container_ids = (40,)
+    with pytest.raises(DataError, match="container 40 has several experiments"):
+        datasets.load_pretraining_dataset(cfg)

@@ -104,34 +104,39 @@ def _session_matches(session_type: str, stimulus: str) -> bool:
     return session_type.startswith("three_session_" + constants.STIMULUS_SESSION[stimulus])
 
 
-def _stimulus_entries(cache_dir: str, stimulus: str) -> dict[int, cache.CacheEntry]:
-    """{container id: the cache entry of its experiment that shows `stimulus`}."""
+def _stimulus_entries(cache_dir: str, stimulus: str) -> dict[int, list[cache.CacheEntry]]:
+    """{container id: the cache entries of its experiments that show `stimulus`}."""
     if stimulus not in constants.STIMULUS_SESSION:
         raise ValueError(
             f"config key data.stimulus={stimulus!r}: expected one of "
             f"{sorted(constants.STIMULUS_SESSION)}"
         )
-    out: dict[int, cache.CacheEntry] = {}
-    index_file = os.path.join(cache_dir, cache.EXPERIMENTS_FILE)
+    out: dict[int, list[cache.CacheEntry]] = {}
     for entry in cache.read_cache_index(cache_dir):
-        if not _session_matches(entry.session_type, stimulus):
-            continue
-        if entry.container_id in out:
-            raise DataError(
-                f"{index_file}: container {entry.container_id} has two experiments showing "
-                f"{stimulus!r} ({out[entry.container_id].experiment_id}, {entry.experiment_id})"
-            )
-        out[entry.container_id] = entry
+        if _session_matches(entry.session_type, stimulus):
+            out.setdefault(entry.container_id, []).append(entry)
     return out
 
 
-def _select(entries: dict[int, cache.CacheEntry], container_id: int, cache_dir: str):
+def _downloaded(entries: dict[int, list[cache.CacheEntry]]) -> list[int]:
+    """Containers whose experiment file is present (a real index lists the whole Observatory)."""
+    return sorted(c for c, es in entries.items() if any(e.exists for e in es))
+
+
+def _select(entries: dict[int, list[cache.CacheEntry]], container_id: int, cache_dir: str):
+    index_file = os.path.join(cache_dir, cache.EXPERIMENTS_FILE)
     if container_id not in entries:
         raise DataError(
-            f"{os.path.join(cache_dir, cache.EXPERIMENTS_FILE)}: no experiment for container "
-            f"{container_id} with the configured stimulus (containers with one: {sorted(entries)})"
+            f"{index_file}: no experiment for container {container_id} with the configured "
+            f"stimulus (containers with one and a file present: {_downloaded(entries)})"
         )
-    entry = entries[container_id]
+    candidates = entries[container_id]
+    if len(candidates) > 1:
+        raise DataError(
+            f"{index_file}: container {container_id} has several experiments showing the "
+            f"stimulus ({[e.experiment_id for e in candidates]})"
+        )
+    entry = candidates[0]
     if not entry.exists:
         raise DataError(f"{entry.nwb_path}: NWB file of experiment {entry.experiment_id} missing")
     return entry
@@ -227,7 +232,7 @@ def load_experiment_dataset(data_cfg, container_id: int | None = None) -> Experi
     Args:
       data_cfg: `config.data` (configs/common.py).
       container_id: the container; None = `data_cfg.container_id`; 0 = the first container of the
-        cache (by id) with an experiment for the stimulus.
+        cache (by id) whose experiment for the stimulus has its NWB file present.
 
     Returns:
       The dataset with `.splits['train'|'val'|'test']`, `.num_neurons` and `.summary`.
@@ -241,15 +246,16 @@ def load_experiment_dataset(data_cfg, container_id: int | None = None) -> Experi
     entries = _stimulus_entries(cache_dir, spec.stimulus)
     cid = int(data_cfg.container_id if container_id is None else container_id)
     if cid == 0:
-        if not entries:
-            raise DataError(f"{cache_dir}: no experiment shows {spec.stimulus!r}")
-        cid = min(entries)
+        present = _downloaded(entries)
+        if not present:
+            raise DataError(f"{cache_dir}: no experiment file shows {spec.stimulus!r}")
+        cid = present[0]
     entry = _select(entries, cid, cache_dir)
     return load_windows(entry, spec, _processed_dir(data_cfg, cache_dir))
 
 
 def load_pretraining_dataset(data_cfg) -> PretrainingDataset:
-    """Loads the windows of `data_cfg.container_ids` (empty = every container of the cache).
+    """Loads the windows of `data_cfg.container_ids` (empty = every container with a file present).
 
     An experiment with no active train window is kept (its rows still serve as inactive rows) and
     reported in the log and `summary['experiments_without_active_train']`; with balanced
@@ -262,7 +268,7 @@ def load_pretraining_dataset(data_cfg) -> PretrainingDataset:
     spec = WindowSpec.from_config(data_cfg)
     cache_dir = resolve_cache_dir(data_cfg)
     entries = _stimulus_entries(cache_dir, spec.stimulus)
-    ids = [int(c) for c in data_cfg.container_ids] or sorted(entries)
+    ids = [int(c) for c in data_cfg.container_ids] or _downloaded(entries)
     if not ids:
         raise DataError(f"{cache_dir}: no experiment shows {spec.stimulus!r}")
     selected = [_select(entries, c, cache_dir) for c in ids]  # every lookup error before any load
