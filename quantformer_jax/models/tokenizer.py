@@ -161,6 +161,10 @@ class VQTokenizer(nn.Module):
             out = dict(out, z_q=z_e, z_q_raw=z_e)
         return out
 
+    def tokenize(self, patches: jax.Array, mask: jax.Array | None = None) -> jax.Array:
+        """Codes of patches [M, L, P] -> int32 [M, L] (eval mode; the frozen-teacher path)."""
+        return self.quantizer.codes(self.encode(patches, mask, train=False))
+
     def decode(self, z_q: jax.Array, *, train: bool = False) -> jax.Array:
         """Token embeddings [M, L, d] -> reconstructed patches [M, L, P]."""
         return self.decoder(z_q, train=train)
