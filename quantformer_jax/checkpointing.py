@@ -41,9 +41,13 @@ def _quiet() -> Iterator[None]:
 
 
 def abstract_like(state: PyTree) -> PyTree:
-    """The restore target for `state`: shapes, dtypes and shardings, no values."""
+    """The restore target for `state` (arrays or `jax.eval_shape` output): shapes, dtypes and
+    shardings, no values. Leaves without a sharding go to the first local device."""
+    default = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
     return jax.tree.map(
-        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None)),
+        lambda x: jax.ShapeDtypeStruct(
+            x.shape, x.dtype, sharding=getattr(x, "sharding", None) or default
+        ),
         state,
     )
 

@@ -147,7 +147,6 @@ def run(task: Task, config: ml_collections.ConfigDict, workdir: str) -> dict[str
         FloatingPointError: when a train metric becomes NaN or inf.
     """
     tcfg = config.training
-    writer = MetricWriter(workdir)
     dp = parallel.from_config(tcfg, batch_key=task.batch_key)
     for size in task.batch_sizes:
         dp.check_batch_size(size)
@@ -158,9 +157,10 @@ def run(task: Task, config: ml_collections.ConfigDict, workdir: str) -> dict[str
         best_metric=task.selection_metric,
         best_mode=task.selection_mode,
     )
-    host_state = task.init_state()
     progress = _Progress()
-    restored = ckpt.restore(checkpointing.abstract_like(host_state))
+    # The restore target needs shapes only: no init compile, and a mismatching architecture
+    # fails before any work.
+    restored = ckpt.restore(checkpointing.abstract_like(jax.eval_shape(task.init_state)))
     if restored is not None:
         host_state, meta = restored
         progress = _Progress(**meta["progress"])
@@ -169,12 +169,30 @@ def run(task: Task, config: ml_collections.ConfigDict, workdir: str) -> dict[str
     elif config.get("init_from"):
         if task.init_from is None:
             raise ValueError(f"config.init_from is set but task {task.name!r} cannot use it")
-        host_state = task.init_from(host_state, config.init_from)
+        host_state = task.init_from(task.init_state(), config.init_from)
         logging.info("Initialised from %s", config.init_from)
     else:
+        host_state = task.init_state()
         logging.info("Training %s from scratch", task.name)
-    writer.write_config(config)
+    writer = MetricWriter(workdir)
+    try:
+        return _train_and_evaluate(task, config, dp, ckpt, writer, host_state, progress)
+    finally:
+        writer.close()
+        ckpt.close()
 
+
+def _train_and_evaluate(
+    task: Task,
+    config: ml_collections.ConfigDict,
+    dp: parallel.DataParallel,
+    ckpt: checkpointing.Checkpointer,
+    writer: MetricWriter,
+    host_state: TrainState,
+    progress: _Progress,
+) -> dict[str, float]:
+    tcfg = config.training
+    writer.write_config(config)
     state = dp.put_state(host_state)
     del host_state
     train_step = dp.compile_train_step(task.train_step)
@@ -187,8 +205,15 @@ def run(task: Task, config: ml_collections.ConfigDict, workdir: str) -> dict[str
         return {"task": task.name, "progress": dataclasses.asdict(progress),
                 "config": json.loads(config.to_json_best_effort())}  # fmt: skip
 
+    last_saved = {}
+
     def save() -> None:
-        ckpt.save(step, dp.host_state(state), meta())
+        current = meta()
+        if last_saved.get(step) == current["progress"]:
+            return  # nothing changed since the last save (e.g. after the final evaluation)
+        ckpt.save(step, dp.host_state(state), current)
+        last_saved.clear()
+        last_saved[step] = current["progress"]
 
     def evaluate(split: str) -> dict[str, float]:
         acc = MetricAccumulator()
@@ -276,9 +301,6 @@ def run(task: Task, config: ml_collections.ConfigDict, workdir: str) -> dict[str
 
     results.update(evaluate(task.test_split))
     save()
-    writer.flush()
-    writer.close()
-    ckpt.close()
     return results
 
 
