@@ -106,6 +106,7 @@ def optimizer_config(weight_decay: float = 0.0) -> ml_collections.ConfigDict:
     c.b2 = 0.999
     c.weight_decay = weight_decay  # torch-Adam coupled L2, applied to trainable params only
     c.grad_clip_norm = 0.0  # 0 = off
+    c.eps = 1e-8  # Adam epsilon (torch default)
     return c
 
 
@@ -119,6 +120,11 @@ def training_config() -> ml_collections.ConfigDict:
     c.max_to_keep = 3
     c.parallel = "jit"  # jit (Mesh + NamedSharding) | pmap
     c.num_plot_examples = 8
+    c.num_devices = 0  # local devices used for data parallelism (0 = all)
+    c.max_steps_per_epoch = 0  # >0: cut every epoch after this many steps (runlocal)
+    c.max_eval_steps = 0  # >0: evaluate only the first batches of a split (runlocal)
+    c.patience = 0  # >0: stop after this many evaluations without improvement
+    c.progress_bar = True  # tqdm bars (shown only on a terminal)
     return c
 
 
