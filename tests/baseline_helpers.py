@@ -58,16 +58,16 @@ def output_shapes(model: nn.Module, inputs: dict, *, train: bool) -> dict:
     return {key: value.shape for key, value in out.items()}
 
 
-def reads_future(model: nn.Module, variables: dict, inputs: dict, *, train: bool) -> bool:
-    """Whether any traced operation of `model.apply` consumes `inputs['future']`."""
+def uses_input(model: nn.Module, variables: dict, inputs: dict, key: str, *, train: bool) -> bool:
+    """Whether any traced operation of `model.apply` consumes `inputs[key]` (jaxpr data flow)."""
 
-    def run(future):
+    def run(value):
         kwargs = {"rngs": {"dropout": jax.random.PRNGKey(1)}, "mutable": ["batch_stats"]}
         return model.apply(
-            variables, {**inputs, "future": future}, train=train, **(kwargs if train else {})
+            variables, {**inputs, key: value}, train=train, **(kwargs if train else {})
         )
 
-    closed = jax.make_jaxpr(run)(inputs["future"])
-    (future_var,) = closed.jaxpr.invars
-    used = any(future_var in eqn.invars for eqn in closed.jaxpr.eqns)
-    return used or future_var in closed.jaxpr.outvars
+    closed = jax.make_jaxpr(run)(inputs[key])
+    (var,) = closed.jaxpr.invars
+    # A use inside a nested call shows up as an operand of that call's equation.
+    return any(var in eqn.invars for eqn in closed.jaxpr.eqns) or var in closed.jaxpr.outvars
