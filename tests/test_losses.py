@@ -12,12 +12,21 @@ K, D, M, L, P = 8, 4, 3, 5, 6
 NU = 0.2
 
 
+def _key(seed: int) -> jax.Array:
+    # The cheap-to-compile "rbg" PRNG: compilation dominates these tiny tests' runtime.
+    return jax.random.key(seed, impl="rbg")
+
+
+def _normal(shape: tuple[int, ...], seed: int) -> jax.Array:
+    return jnp.asarray(np.random.default_rng(seed).normal(size=shape), jnp.float32)
+
+
 @pytest.fixture(scope="module")
 def setup():
     module = vq.VectorQuantizer(codebook_size=K, dim=D)
-    qparams = module.init(jax.random.key(0), jnp.zeros((1, D)))["params"]
-    z_e = jax.random.normal(jax.random.key(1), (M, L, D))
-    patches = jax.random.normal(jax.random.key(2), (M, L, P))
+    qparams = module.init(_key(0), jnp.zeros((1, D)))["params"]
+    z_e = _normal((M, L, D), 1)
+    patches = _normal((M, L, P), 2)
     return module, qparams, z_e, patches
 
 
@@ -127,8 +136,8 @@ def _manual_weighted_ce(logits, labels, weights):
 
 
 def test_focal_loss_gamma0_is_the_plain_mean_weighted_ce():
-    logits = jax.random.normal(jax.random.key(0), (2, 3, 4, 5))
-    labels = jax.random.randint(jax.random.key(1), (2, 3, 4), 0, 5)
+    logits = _normal((2, 3, 4, 5), 0)
+    labels = jnp.asarray(np.random.default_rng(1).integers(0, 5, (2, 3, 4)), jnp.int32)
     labels = labels.at[:, :, :2].set(-100)  # source positions
     weights = np.array([0.5, 1.0, 2.0, 4.0, 0.25], np.float32)
     got = float(losses.focal_loss(logits, labels, weights, gamma=0.0))

@@ -8,6 +8,15 @@ import pytest
 from quantformer_jax.models import masking
 
 
+def _key(seed: int) -> jax.Array:
+    # The cheap-to-compile "rbg" PRNG: compilation dominates these tiny tests' runtime.
+    return jax.random.key(seed, impl="rbg")
+
+
+def _normal(shape: tuple[int, ...], seed: int) -> jax.Array:
+    return jnp.asarray(np.random.default_rng(seed).normal(size=shape), jnp.float32)
+
+
 def test_patchify_shape_and_order():
     x = jnp.arange(2 * 160, dtype=jnp.float32).reshape(2, 160)
     p = masking.patchify(x, 16)
@@ -30,13 +39,13 @@ def test_len_keep_uses_python_float_semantics():
 
 
 def test_random_mask_masks_two_of_ten_per_row_independently():
-    mask = masking.random_patch_mask(jax.random.key(0), 64, 10, 0.2)
+    mask = masking.random_patch_mask(_key(0), 64, 10, 0.2)
     assert mask.shape == (64, 10) and mask.dtype == jnp.bool_
     np.testing.assert_array_equal(mask.sum(1), 2)
     assert len({tuple(r) for r in np.asarray(mask)}) > 10  # rows differ
     # every position gets masked sometimes (no positional bias)
     assert (np.asarray(mask).sum(0) > 0).all()
-    again = masking.random_patch_mask(jax.random.key(0), 64, 10, 0.2)
+    again = masking.random_patch_mask(_key(0), 64, 10, 0.2)
     np.testing.assert_array_equal(mask, again)
 
 
@@ -59,8 +68,8 @@ def test_peak_mask_masks_the_largest_peaks():
 
 
 def test_apply_mask_zero_fills_only_masked_patches():
-    patches = jax.random.normal(jax.random.key(0), (3, 10, 16))
-    mask = masking.random_patch_mask(jax.random.key(1), 3, 10, 0.4)
+    patches = _normal((3, 10, 16), 0)
+    mask = masking.random_patch_mask(_key(1), 3, 10, 0.4)
     out = masking.apply_mask(patches, mask)
     m = np.asarray(mask)
     assert (np.asarray(out)[m] == 0).all()
@@ -70,7 +79,7 @@ def test_apply_mask_zero_fills_only_masked_patches():
 
 def test_make_patch_mask_dispatch():
     patches = jnp.ones((2, 10, 16))
-    assert masking.make_patch_mask("random", jax.random.key(0), patches, 0.0) is None
-    assert int(masking.make_patch_mask("causal", jax.random.key(0), patches, 0.2).sum()) == 4
+    assert masking.make_patch_mask("random", _key(0), patches, 0.0) is None
+    assert int(masking.make_patch_mask("causal", _key(0), patches, 0.2).sum()) == 4
     with pytest.raises(ValueError, match="masking"):
-        masking.make_patch_mask("bogus", jax.random.key(0), patches, 0.2)
+        masking.make_patch_mask("bogus", _key(0), patches, 0.2)

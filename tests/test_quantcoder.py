@@ -14,6 +14,15 @@ TOK = tokenizer.TokenizerConfig(d_model=16, num_heads=4, num_layers=1, d_ff=32, 
 S, F, C = 96, 64, 7
 
 
+def _key(seed: int) -> jax.Array:
+    # The cheap-to-compile "rbg" PRNG: compilation dominates these tiny tests' runtime.
+    return jax.random.key(seed, impl="rbg")
+
+
+def _normal(shape: tuple[int, ...], seed: int) -> jax.Array:
+    return jnp.asarray(np.random.default_rng(seed).normal(size=shape), jnp.float32)
+
+
 def _model(task="forecast", n=3, tok=TOK, **kw):
     cfg = quantcoder.QuantCoderConfig(
         tokenizer=tok,
@@ -27,16 +36,32 @@ def _model(task="forecast", n=3, tok=TOK, **kw):
     return quantcoder.QuantCoder(cfg)
 
 
+def _jitted(model):
+    """(init, apply): apply compiled once per model; init runs eagerly, so its many small
+    random-number programs are shared by every model of the same sizes (compiles dominate)."""
+
+    def init(key, inputs):
+        return model.init(key, inputs, train=False)
+
+    apply = jax.jit(
+        lambda v, inputs, train=False: model.apply(v, inputs, train=train), static_argnames="train"
+    )
+    return init, apply
+
+
 def _inputs(b, n, seed=0):
-    k1, k2 = jax.random.split(jax.random.key(seed))
-    return {"src": jax.random.normal(k1, (b, n, S)), "stim": jax.random.uniform(k2, (b, 4))}
+    rng = np.random.default_rng(seed)
+    return {
+        "src": jnp.asarray(rng.normal(size=(b, n, S)), jnp.float32),
+        "stim": jnp.asarray(rng.uniform(size=(b, 4)), jnp.float32),
+    }
 
 
 @pytest.fixture(scope="module")
 def forecaster():
-    model = _model("forecast")
+    init, apply = _jitted(_model("forecast"))
     inputs = _inputs(2, 3)
-    return model, model.init(jax.random.key(1), inputs, train=False), inputs
+    return apply, init(_key(1), inputs), inputs
 
 
 @pytest.mark.parametrize("b,n", [(1, 1), (2, 3)])
@@ -44,7 +69,7 @@ def forecaster():
 def test_output_shapes(task, b, n):
     model = _model(task, n=n, return_all_logits=True)
     inputs = jax.eval_shape(lambda: _inputs(b, n))
-    v = jax.eval_shape(lambda i: model.init(jax.random.key(0), i, train=False), inputs)
+    v = jax.eval_shape(lambda i: model.init(_key(0), i, train=False), inputs)
     out = jax.eval_shape(lambda v, i: model.apply(v, i, train=True), v, inputs)
     if task == "forecast":
         assert out["code_logits"].shape == (b, n, F // 16, C)
@@ -59,43 +84,50 @@ def test_output_shapes(task, b, n):
 
 
 def test_logits_depend_on_stimulus_and_neuron_identity(forecaster):
-    model, v, inputs = forecaster
+    apply, v, inputs = forecaster
     same_src = {**inputs, "src": jnp.broadcast_to(inputs["src"][:, :1], inputs["src"].shape)}
-    logits = np.asarray(model.apply(v, same_src, train=False)["code_logits"])
+    logits = np.asarray(apply(v, same_src)["code_logits"])
     assert np.abs(logits[:, 0] - logits[:, 1]).max() > 1e-4  # only the neuron token differs
     other_stim = {**same_src, "stim": same_src["stim"] + 1.0}
-    logits2 = np.asarray(model.apply(v, other_stim, train=False)["code_logits"])
+    logits2 = np.asarray(apply(v, other_stim)["code_logits"])
     assert np.abs(logits2 - logits).max() > 1e-4
 
 
 def test_future_frames_are_never_read(forecaster):
-    model, v, inputs = forecaster
-    a = model.apply(v, inputs, train=False)
-    with_future = {**inputs, "future": jax.random.normal(jax.random.key(5), (2, 3, F))}
-    b = model.apply(v, with_future, train=True)  # teacher-forcing input is ignored
+    apply, v, inputs = forecaster
+    a = apply(v, inputs)
+    with_future = {**inputs, "future": _normal((2, 3, F), 5)}
+    b = apply(v, with_future, train=True)  # teacher-forcing input is ignored
     np.testing.assert_array_equal(a["code_logits"], b["code_logits"])
     np.testing.assert_array_equal(a["source_codes"], b["source_codes"])
 
 
-def test_future_tokens_carry_no_input_data():
+@pytest.fixture(scope="module")
+def shallow_forecaster():
+    """A QuantCoder without attention layers: every output is its own token's embedding."""
+    tok0 = dataclasses.replace(TOK, num_layers=0)
+    init, apply = _jitted(_model("forecast", tok=tok0))
+    return tok0, init, apply
+
+
+def test_future_tokens_carry_no_input_data(shallow_forecaster):
     # With no attention layers each output is its own token: the future positions must then be
     # identical for every input, stimulus and neuron (bias + position only).
-    model = _model("forecast", tok=dataclasses.replace(TOK, num_layers=0))
-    v = model.init(jax.random.key(0), _inputs(2, 3), train=False)
-    a = np.asarray(model.apply(v, _inputs(2, 3, seed=1), train=False)["code_logits"])
-    b = np.asarray(model.apply(v, _inputs(2, 3, seed=2), train=False)["code_logits"])
+    _, init, apply = shallow_forecaster
+    v = init(_key(0), _inputs(2, 3))
+    a = np.asarray(apply(v, _inputs(2, 3, seed=1))["code_logits"])
+    b = np.asarray(apply(v, _inputs(2, 3, seed=2))["code_logits"])
     np.testing.assert_allclose(a, b, atol=1e-6)
     np.testing.assert_allclose(a, np.broadcast_to(a[:1, :1], a.shape), atol=1e-6)
 
 
-def test_copy_pretrained_and_source_codes_use_the_frozen_codebook():
-    tok0 = dataclasses.replace(TOK, num_layers=0)
+def test_copy_pretrained_and_source_codes_use_the_frozen_codebook(shallow_forecaster):
+    tok0, init, apply = shallow_forecaster
     tok_model = tokenizer.VQTokenizer(tok0)
-    patches = jax.random.normal(jax.random.key(0), (6, 10, 16))
-    tok_params = tok_model.init(jax.random.key(1), patches, None, train=False)["params"]
-    model = _model("forecast", tok=tok0)
+    patches = _normal((6, 10, 16), 0)
+    tok_params = tok_model.init(_key(1), patches, None, train=False)["params"]
     inputs = _inputs(2, 3)
-    fresh = model.init(jax.random.key(2), inputs, train=False)
+    fresh = init(_key(2), inputs)
     v = quantcoder.copy_pretrained(fresh, tok_params)
     jax.tree.map(np.testing.assert_array_equal, v["params"]["encoder"], tok_params["encoder"])
     jax.tree.map(
@@ -106,8 +138,9 @@ def test_copy_pretrained_and_source_codes_use_the_frozen_codebook():
     # Without attention, source z_e = W_P x + W_pos: the student's source codes must equal the
     # frozen teacher's codes of the same source patches (the codebook is the pretrained one).
     src_patches = inputs["src"].reshape(6, S // 16, 16)
-    expected = quantcoder.teacher_codes(tok0, tok_params, src_patches).reshape(2, 3, -1)
-    out = model.apply(v, inputs, train=False)
+    teacher = jax.jit(lambda p, x: quantcoder.teacher_codes(tok0, p, x))
+    expected = teacher(tok_params, src_patches).reshape(2, 3, -1)
+    out = apply(v, inputs)
     np.testing.assert_array_equal(out["source_codes"], expected)
 
 
@@ -115,12 +148,12 @@ def test_encoder_names_match_the_tokenizer_and_mismatch_is_an_error(forecaster):
     _, v, _ = forecaster
     patches = jax.ShapeDtypeStruct((2, 10, 16), jnp.float32)
     tok_shapes = jax.eval_shape(
-        lambda p: tokenizer.VQTokenizer(TOK).init(jax.random.key(0), p, None, train=False), patches
+        lambda p: tokenizer.VQTokenizer(TOK).init(_key(0), p, None, train=False), patches
     )["params"]
     assert jax.tree.structure(tok_shapes["encoder"]) == jax.tree.structure(v["params"]["encoder"])
     wider = jax.eval_shape(
         lambda p: tokenizer.VQTokenizer(dataclasses.replace(TOK, d_ff=64)).init(
-            jax.random.key(0), p, None, train=False
+            _key(0), p, None, train=False
         ),
         patches,
     )["params"]
@@ -132,11 +165,12 @@ def test_encoder_names_match_the_tokenizer_and_mismatch_is_an_error(forecaster):
 def test_classifier_eval_is_deterministic_and_reads_the_source():
     model = _model("classify", tok=dataclasses.replace(TOK, dropout=0.2))
     inputs = _inputs(2, 3)
-    v = model.init(jax.random.key(0), inputs, train=False)
-    a = model.apply(v, inputs, train=False, rngs={"dropout": jax.random.key(1)})["logits"]
-    b = model.apply(v, inputs, train=False, rngs={"dropout": jax.random.key(2)})["logits"]
+    v = model.init(_key(0), inputs, train=False)
+    apply = jax.jit(lambda v, i, k: model.apply(v, i, train=False, rngs={"dropout": k}))
+    a = apply(v, inputs, _key(1))["logits"]
+    b = apply(v, inputs, _key(2))["logits"]
     np.testing.assert_array_equal(a, b)
-    c = model.apply(v, _inputs(2, 3, seed=9), train=False)["logits"]
+    c = apply(v, _inputs(2, 3, seed=9), _key(1))["logits"]
     assert np.abs(np.asarray(a) - np.asarray(c)).max() > 1e-5
 
 
@@ -161,7 +195,7 @@ def test_from_run_config_and_input_errors():
         quantcoder.from_config(config, num_neurons=5)
     small = _model("forecast", n=3)
     with pytest.raises(ValueError, match="neuron embedding"):
-        jax.eval_shape(lambda: small.init(jax.random.key(0), _inputs(1, 4), train=False))
+        jax.eval_shape(lambda: small.init(_key(0), _inputs(1, 4), train=False))
     with pytest.raises(ValueError, match="source_frames"):
         bad = {"src": jnp.ones((1, 3, 80)), "stim": jnp.ones((1, 4))}
-        jax.eval_shape(lambda: small.init(jax.random.key(0), bad, train=False))
+        jax.eval_shape(lambda: small.init(_key(0), bad, train=False))

@@ -13,6 +13,15 @@ from quantformer_jax.models import transformer
 D, H, DFF, P, L = 16, 4, 32, 16, 10
 
 
+def _key(seed: int) -> jax.Array:
+    # The cheap-to-compile "rbg" PRNG: compilation dominates these tiny tests' runtime.
+    return jax.random.key(seed, impl="rbg")
+
+
+def _normal(shape: tuple[int, ...], seed: int) -> jax.Array:
+    return jnp.asarray(np.random.default_rng(seed).normal(size=shape), jnp.float32)
+
+
 def _encoder(num_layers=1, dropout=0.0):
     return transformer.PatchEncoder(
         d_model=D, num_heads=H, num_layers=num_layers, d_ff=DFF, max_patches=L, dropout=dropout
@@ -23,7 +32,7 @@ def _encoder(num_layers=1, dropout=0.0):
 def encoder_and_vars():
     """One dropout-enabled encoder, initialised once (compiles are the cost of these tests)."""
     enc = _encoder(dropout=0.3)
-    return enc, enc.init(jax.random.key(0), jnp.ones((3, L, P)), train=False)
+    return enc, enc.init(_key(0), jnp.ones((3, L, P)), train=False)
 
 
 @pytest.mark.parametrize("m", [1, 3, 8])
@@ -32,7 +41,7 @@ def test_encoder_decoder_shapes_for_any_row_count(m):
     dec = transformer.PatchDecoder(
         patch_len=P, d_model=D, num_heads=H, num_layers=1, d_ff=DFF, max_patches=L
     )
-    key = jax.random.key(0)
+    key = _key(0)
     x = jax.ShapeDtypeStruct((m, L, P), jnp.float32)
     prompts = jax.ShapeDtypeStruct((m, 2, D), jnp.float32)
     ve = jax.eval_shape(lambda x, p: enc.init(key, x, p, train=False), x, prompts)
@@ -48,7 +57,7 @@ def test_encoder_decoder_shapes_for_any_row_count(m):
 def test_too_many_patches_is_a_clear_error():
     enc = _encoder()
     with pytest.raises(ValueError, match="positional table"):
-        jax.eval_shape(lambda x: enc.init(jax.random.key(0), x, train=False), jnp.ones((2, 12, P)))
+        jax.eval_shape(lambda x: enc.init(_key(0), x, train=False), jnp.ones((2, 12, P)))
 
 
 def test_torch_like_initialisation(encoder_and_vars):
@@ -69,9 +78,9 @@ def test_prompts_are_prepended_after_the_positional_encoding():
     # With no layers the encoder output is the embedded input: prompts pass through untouched,
     # patch tokens are W_P x + W_pos[:L].
     enc = _encoder(num_layers=0)
-    x = jax.random.normal(jax.random.key(0), (3, L, P))
-    prompts = jax.random.normal(jax.random.key(1), (3, 2, D))
-    v = enc.init(jax.random.key(2), x, prompts, train=False)
+    x = _normal((3, L, P), 0)
+    prompts = _normal((3, 2, D), 1)
+    v = enc.init(_key(2), x, prompts, train=False)
     out = enc.apply(v, x, prompts, train=False)
     p = v["params"]
     expected = x @ p["W_P"]["kernel"] + p["W_P"]["bias"] + p["W_pos"][:L]
@@ -114,8 +123,8 @@ def _layer_numpy(x, p, prev):
 @pytest.fixture(scope="module")
 def stack_and_vars():
     stack = transformer.TSTStack(num_layers=2, d_model=D, num_heads=H, d_ff=DFF)
-    x = jax.random.normal(jax.random.key(0), (3, 7, D))
-    return stack, stack.init(jax.random.key(1), x, train=False), x
+    x = _normal((3, 7, D), 0)
+    return stack, stack.init(_key(1), x, train=False), x
 
 
 def test_two_layer_stack_matches_manual_residual_attention(stack_and_vars):
@@ -134,7 +143,7 @@ def test_layer_returns_cumulative_scores(stack_and_vars):
     _, v, x = stack_and_vars
     layer = transformer.TSTEncoderLayer(d_model=D, num_heads=H, d_ff=DFF)
     layer_vars = {"params": v["params"]["layers_0"]}
-    prev = jax.random.normal(jax.random.key(2), (3, H, 7, 7))
+    prev = _normal((3, H, 7, 7), 2)
     _, raw = layer.apply(layer_vars, x, None, train=False)
     _, cum = layer.apply(layer_vars, x, prev, train=False)
     np.testing.assert_allclose(cum, raw + prev, atol=1e-5)
@@ -142,11 +151,11 @@ def test_layer_returns_cumulative_scores(stack_and_vars):
 
 def test_eval_is_deterministic_and_train_uses_dropout(encoder_and_vars):
     enc, v = encoder_and_vars
-    x = jax.random.normal(jax.random.key(0), (3, L, P))
-    a = enc.apply(v, x, train=False, rngs={"dropout": jax.random.key(2)})
-    b = enc.apply(v, x, train=False, rngs={"dropout": jax.random.key(3)})
+    x = _normal((3, L, P), 0)
+    a = enc.apply(v, x, train=False, rngs={"dropout": _key(2)})
+    b = enc.apply(v, x, train=False, rngs={"dropout": _key(3)})
     np.testing.assert_array_equal(a, b)
-    c = enc.apply(v, x, train=True, rngs={"dropout": jax.random.key(2)})
+    c = enc.apply(v, x, train=True, rngs={"dropout": _key(2)})
     assert np.abs(np.asarray(c) - np.asarray(a)).max() > 1e-3
 
 
@@ -155,7 +164,7 @@ def test_bfloat16_compute_keeps_float32_params():
         d_model=D, num_heads=H, num_layers=1, d_ff=DFF, max_patches=L, dtype=jnp.bfloat16
     )
     x = jax.ShapeDtypeStruct((2, L, P), jnp.float32)
-    v = jax.eval_shape(lambda x: enc.init(jax.random.key(0), x, train=False), x)
+    v = jax.eval_shape(lambda x: enc.init(_key(0), x, train=False), x)
     assert all(leaf.dtype == jnp.float32 for leaf in jax.tree.leaves(v))
     out = jax.eval_shape(lambda v, x: enc.apply(v, x, train=False), v, x)
     assert out.dtype == jnp.bfloat16

@@ -10,9 +10,18 @@ from quantformer_jax.models import vector_quantizer as vq
 K, D = 12, 8
 
 
+def _key(seed: int) -> jax.Array:
+    # The cheap-to-compile "rbg" PRNG: compilation dominates these tiny tests' runtime.
+    return jax.random.key(seed, impl="rbg")
+
+
+def _normal(shape: tuple[int, ...], seed: int) -> jax.Array:
+    return jnp.asarray(np.random.default_rng(seed).normal(size=shape), jnp.float32)
+
+
 def _quantizer_vars(scale=0.0, bias=0.0, seed=0):
     module = vq.VectorQuantizer(codebook_size=K, dim=D)
-    v = module.init(jax.random.key(seed), jnp.zeros((1, D)))
+    v = module.init(_key(seed), jnp.zeros((1, D)))
     params = dict(v["params"])
     params["affine_scale"] = jnp.full((D,), scale, jnp.float32)
     params["affine_bias"] = jnp.full((D,), bias, jnp.float32)
@@ -21,7 +30,7 @@ def _quantizer_vars(scale=0.0, bias=0.0, seed=0):
 
 def test_init_codebook_normal_affine_zero_counts_timeout():
     module = vq.VectorQuantizer(codebook_size=256, dim=16)
-    v = module.init(jax.random.key(0), jnp.zeros((1, 16)))
+    v = module.init(_key(0), jnp.zeros((1, 16)))
     cb = np.asarray(v["params"]["codebook"])
     assert abs(cb.mean()) < 0.05 and abs(cb.std() - 1.0) < 0.05
     assert not np.asarray(v["params"]["affine_scale"]).any()
@@ -34,7 +43,7 @@ def test_affine_transform_is_applied_to_the_codebook():
     cb = v["params"]["codebook"]
     eff = module.apply(v, method="effective_codebook")
     np.testing.assert_allclose(eff, (1 + 10 * 0.03) * cb + 10 * -0.1, rtol=1e-6)
-    z = jax.random.normal(jax.random.key(1), (5, 3, D))
+    z = _normal((5, 3, D), 1)
     out = module.apply(v, z)
     np.testing.assert_allclose(out["z_q_raw"], eff[out["codes"]], rtol=1e-6)
     raw = module.apply(v, out["codes"], raw_codebook=True, method="lookup")
@@ -43,7 +52,7 @@ def test_affine_transform_is_applied_to_the_codebook():
 
 def test_nearest_code_matches_brute_force():
     module, v = _quantizer_vars(scale=0.02, bias=0.05)
-    z = 1.5 * jax.random.normal(jax.random.key(2), (40, D))
+    z = 1.5 * _normal((40, D), 2)
     codes = module.apply(v, z)["codes"]
     eff = np.asarray(module.apply(v, method="effective_codebook"), np.float64)
     dist = ((np.asarray(z, np.float64)[:, None, :] - eff[None]) ** 2).sum(-1)
@@ -53,10 +62,10 @@ def test_nearest_code_matches_brute_force():
 
 def test_forward_value_is_the_code_and_input_gradient_is_identity():
     module, v = _quantizer_vars()
-    z = jax.random.normal(jax.random.key(3), (6, D))
+    z = _normal((6, D), 3)
     out = module.apply(v, z)
     np.testing.assert_allclose(out["z_q"], out["z_q_raw"], atol=1e-6)
-    g = jax.random.normal(jax.random.key(4), (6, D))
+    g = _normal((6, D), 4)
     grad_z = jax.grad(lambda zz: jnp.sum(g * module.apply(v, zz)["z_q"]))(z)
     np.testing.assert_allclose(grad_z, g, atol=1e-6)
 
@@ -64,8 +73,8 @@ def test_forward_value_is_the_code_and_input_gradient_is_identity():
 @pytest.mark.parametrize("scale", [0.0, 0.04])
 def test_codebook_receives_nu_times_the_task_gradient(scale):
     module, v = _quantizer_vars(scale=scale)
-    z = jax.random.normal(jax.random.key(5), (9, D))
-    g = jax.random.normal(jax.random.key(6), (9, D))
+    z = _normal((9, D), 5)
+    g = _normal((9, D), 6)
     codes = np.asarray(module.apply(v, z)["codes"])
 
     def task(params):
@@ -93,7 +102,7 @@ def _lru_inputs():
 def test_only_dead_codes_are_replaced_from_valid_rows():
     codebook, counts, z_e, codes, row_valid = _lru_inputs()
     new_cb, new_counts = vq.replace_dead_codes(
-        codebook, counts, z_e, codes, row_valid, jax.random.key(0), timeout=20, rho=0.0
+        codebook, counts, z_e, codes, row_valid, _key(0), timeout=20, rho=0.0
     )
     # codes 0, 2 used by valid rows -> 20; codes 3, 6 used only by padded rows do not count.
     dead = np.array([c == 1 and i not in (0, 2) for i, c in enumerate(np.asarray(counts))])
@@ -112,9 +121,9 @@ def test_only_dead_codes_are_replaced_from_valid_rows():
 
 def test_replacement_noise_is_relative_and_deterministic_given_the_key():
     codebook, counts, z_e, codes, row_valid = _lru_inputs()
-    a, _ = vq.replace_dead_codes(codebook, counts, z_e, codes, row_valid, jax.random.key(1))
-    b, _ = vq.replace_dead_codes(codebook, counts, z_e, codes, row_valid, jax.random.key(1))
-    c, _ = vq.replace_dead_codes(codebook, counts, z_e, codes, row_valid, jax.random.key(2))
+    a, _ = vq.replace_dead_codes(codebook, counts, z_e, codes, row_valid, _key(1))
+    b, _ = vq.replace_dead_codes(codebook, counts, z_e, codes, row_valid, _key(1))
+    c, _ = vq.replace_dead_codes(codebook, counts, z_e, codes, row_valid, _key(2))
     np.testing.assert_array_equal(a, b)
     assert np.abs(np.asarray(a) - np.asarray(c)).max() > 0
     valid_z = np.asarray(z_e)[:4].reshape(-1, D)
@@ -130,12 +139,12 @@ def test_more_dead_codes_than_tokens_cycles_and_empty_batch_changes_nothing():
     z_e = jnp.arange(2 * D, dtype=jnp.float32).reshape(2, 1, D) + 1
     codes = jnp.zeros((2, 1), jnp.int32)
     new_cb, new_counts = vq.replace_dead_codes(
-        codebook, counts, z_e, codes, jnp.array([True, False]), jax.random.key(0), rho=0.0
+        codebook, counts, z_e, codes, jnp.array([True, False]), _key(0), rho=0.0
     )
     np.testing.assert_array_equal(new_counts, 20)
     np.testing.assert_array_equal(np.asarray(new_cb)[1:], np.broadcast_to(z_e[0, 0], (K - 1, D)))
     same_cb, same_counts = vq.replace_dead_codes(
-        codebook, counts, z_e, codes, jnp.array([False, False]), jax.random.key(0)
+        codebook, counts, z_e, codes, jnp.array([False, False]), _key(0)
     )
     np.testing.assert_array_equal(same_cb, codebook)
     np.testing.assert_array_equal(same_counts, counts)
