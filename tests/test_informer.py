@@ -17,7 +17,7 @@ from quantformer_jax.baselines.informer import (
     num_active_queries,
     prob_sparse_attention,
 )
-from quantformer_jax.baselines.layers import CircularConv1d, dense
+from quantformer_jax.baselines.layers import AttentionLayer, CircularConv1d, dense
 
 CONFIG = InformerConfig(d_model=16, n_heads=2, e_layers=2, d_layers=1, d_ff=32)
 # Numerical tests compile the model: one encoder layer keeps that short (distilling is covered by
@@ -143,6 +143,24 @@ def test_layers_use_torch_initialisation():
     assert conv["kernel"].shape == (3, 16, 16)  # kaiming_normal_(fan_in): N(0, 2 / (16 * 3))
     assert 0.8 < np.std(conv["kernel"]) / math.sqrt(2 / 48) < 1.2
     assert 0 < np.abs(conv["bias"]).max() <= 1 / math.sqrt(48)
+
+
+@pytest.mark.parametrize("mix", [False, True])
+def test_attention_mix_reads_the_head_major_context_as_time_major(mix):
+    batch, length, heads, head_dim = 1, 4, 2, 3
+    d = heads * head_dim
+    context = np.arange(batch * heads * length * head_dim, dtype=np.float32)
+    context = context.reshape(batch, heads, length, head_dim)  # what attend returns
+    identity = {"kernel": np.eye(d, dtype=np.float32), "bias": np.zeros(d, np.float32)}
+    params = {name: identity for name in ("query", "key", "value", "out")}
+    x = np.zeros((batch, length, d), np.float32)
+    layer = AttentionLayer(d, heads, mix=mix)
+    out = jax.jit(layer.apply, static_argnums=4)(
+        {"params": params}, x, x, x, lambda q, k, v: context
+    )
+    # mix=True (the original's decoder quirk) reads the [B, H, L, dh] memory as [B, L, H * dh].
+    expected = context.reshape(batch, length, d) if mix else context.transpose(0, 2, 1, 3)
+    np.testing.assert_array_equal(out, expected.reshape(batch, length, d))
 
 
 def test_from_config_reads_known_fields():

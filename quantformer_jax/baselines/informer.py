@@ -186,9 +186,11 @@ class DistilConv(nn.Module):
         x = CircularConv1d(x.shape[-1], 3, name="conv")(x)
         if self.norm == "batch":
             # torch BatchNorm1d: momentum 0.1 (flax 0.9), eps 1e-5, stats over batch and time.
-            x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5)(x)
+            x = nn.BatchNorm(
+                use_running_average=not train, momentum=0.9, epsilon=1e-5, name="norm"
+            )(x)
         else:
-            x = layer_norm()(x)
+            x = layer_norm("norm")(x)
         x = jax.nn.elu(x)
         return nn.max_pool(x, (3,), strides=(2,), padding=((1, 1),))  # pads with -inf
 

@@ -48,7 +48,9 @@ def normal_init(std: float) -> Initializer:
     return _flat(lambda key, shape, dtype: std * jax.random.normal(key, shape, dtype))
 
 
-def dense(features: int, fan_in: int, *, use_bias: bool = True, name: str | None = None):
+def dense(
+    features: int, fan_in: int, *, use_bias: bool = True, name: str | None = None
+) -> nn.Dense:
     """nn.Dense initialised like torch.nn.Linear(fan_in, features)."""
     init = uniform_init(1.0 / math.sqrt(fan_in))
     return nn.Dense(features, use_bias=use_bias, kernel_init=init, bias_init=init, name=name)
