@@ -6,8 +6,9 @@ The chain follows ALLEN_FORMAT.md section 5:
    modulation, frame-locked natural-movie responses, log-normal trial-to-trial gain.
 2. Behaviour: running bouts (speed > 1 cm/s modulates gain) and a slow shared arousal state that
    raises baseline rates and evoked gain, so the pre-onset frames predict the upcoming response.
-3. Spikes: per-frame Poisson counts (the binned inhomogeneous Poisson process for a
-   piecewise-constant rate) of burst events, each burst 1 + Poisson(lambda_b) spikes.
+3. Spikes: rates pass a soft 100 Hz ceiling (R tanh(x / R)); per-frame Poisson counts (the
+   binned inhomogeneous Poisson process for a piecewise-constant rate) of burst events, each
+   burst 1 + Poisson(lambda_b) spikes.
 4. Calcium: double-exponential kernel (rise 20-50 ms, decay 0.35-0.45 s) as an AR(2) filter,
    0.05-0.2 dF/F per spike, saturating Hill-type nonlinearity f(x) = x / (1 + (x/d_max)^2)^(1/2).
 5. Fluorescence: F_cell = F0 (1 + dF/F) * bleaching; neuropil = shared slow component + own noise;
@@ -31,6 +32,8 @@ from quantformer_jax.data.schedule import DG_TRIAL_FRAMES, Schedule, dg_frame_in
 
 FPS = SAMPLING_RATE_HZ
 RUN_THRESHOLD_CM_S = 1.0
+MAX_RATE_HZ = 100.0  # soft ceiling of firing rates: rate = R tanh(drive / R)
+LARGE_POISSON_MEAN = 30.0
 CLASS_NAMES = ("unresponsive", "weak", "responsive")
 
 
@@ -65,8 +68,8 @@ def sample_cells(
         "offset_response": np.where(rng.random(n) < 0.2, rng.uniform(0.2, 0.8, n), 0.0),
         "f1_modulation": np.where(rng.random(n) < 0.3, rng.uniform(0.0, 0.8, n), 0.0),
         "trial_gain_sigma": rng.uniform(0.3, 0.8, n),
-        "state_baseline_coupling": rng.normal(0.4, 0.25, n),
-        "state_gain_coupling": rng.normal(0.3, 0.25, n),
+        "state_baseline_coupling": np.clip(rng.normal(0.4, 0.25, n), -0.2, 0.9),
+        "state_gain_coupling": np.clip(rng.normal(0.3, 0.25, n), -0.3, 0.8),
         "running_modulation": np.clip(rng.normal(0.2, 0.4, n), -0.7, 2.0),
         "movie_responsive": movie_resp.astype(np.int64),
         "burst_lambda": rng.uniform(0.2, 1.0, n),
@@ -106,9 +109,11 @@ def running_and_state(rng: np.random.Generator, n_frames: int) -> tuple[np.ndarr
     smooth = ndimage.uniform_filter1d(running.astype(np.float32), int(FPS))
     speed = smooth * top_speed * np.clip(1 + 0.3 * _ou(rng, n_frames, 3.0), 0.2, None)
     speed = speed + 0.3 * rng.standard_normal(n_frames).astype(np.float32)  # encoder jitter
-    state_z = 0.7 * _ou(rng, n_frames, 30.0) + 0.7 * (smooth - smooth.mean()) / (
-        smooth.std() + 1e-6
-    )
+    # Arousal: a slow OU process plus running smoothed over ~5 s (not standardised on its own, so
+    # rare short bouts of a mostly resting mouse stay small bumps, not huge excursions).
+    g = np.exp(-1.0 / (5.0 * FPS))
+    run_slow = signal.lfilter([1 - g], [1.0, -g], running.astype(np.float64))
+    state_z = _ou(rng, n_frames, 30.0) + 1.5 * (run_slow - run_slow.mean())
     state_z = (state_z - state_z.mean()) / (state_z.std() + 1e-6)
     return speed.astype(np.float32), state_z.astype(np.float32)
 
@@ -206,7 +211,12 @@ def firing_rates(
     evoked *= state_gain
     del state_gain
     evoked += base
-    return np.clip(evoked, 0.0, None, out=evoked), gains
+    # Soft saturation: a neuron cannot fire faster than ~100 Hz however the gains stack up.
+    np.clip(evoked, 0.0, None, out=evoked)
+    evoked /= MAX_RATE_HZ
+    np.tanh(evoked, out=evoked)
+    evoked *= MAX_RATE_HZ
+    return evoked, gains
 
 
 def sparse_poisson(rng: np.random.Generator, lam: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -222,7 +232,16 @@ def sparse_poisson(rng: np.random.Generator, lam: np.ndarray) -> tuple[np.ndarra
     p = np.exp(-lam_a)
     cdf = p.copy()
     counts = np.zeros(idx.shape, dtype=np.int64)
-    active = np.arange(idx.size)
+    # Large means would walk far (and exp(-lam) underflows past ~745): draw those directly,
+    # conditioned on >= 1 event by rejection.
+    big = np.flatnonzero(lam_a > LARGE_POISSON_MEAN)
+    for j in big:
+        draw = 0
+        while draw == 0:
+            draw = rng.poisson(lam_a[j])
+        counts[j] = draw
+    active = np.flatnonzero(lam_a <= LARGE_POISSON_MEAN)
+    lam_a, u_a, p, cdf = lam_a[active], u_a[active], p[active], cdf[active]
     k = 0
     while active.size:
         k += 1
