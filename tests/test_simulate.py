@@ -78,6 +78,12 @@ def test_build_is_idempotent_and_refuses_mismatches(tmp_path):
         simulate.build_observatory(out, "mini", seed=2, containers=1, cells=3)
     simulate.build_observatory(out, "mini", seed=2, containers=1, cells=3, overwrite=True)
     assert json.loads((out / simulate.SIMULATION_FILE).read_text())["seed"] == 2
+    stamp = os.stat(nwb_file).st_mtime_ns
+    record = json.loads((out / simulate.SIMULATION_FILE).read_text())
+    (out / simulate.SIMULATION_FILE).write_text(json.dumps(dict(record, complete=False)))
+    simulate.build_observatory(out, "mini", seed=2, containers=1, cells=3)  # interrupted: redone
+    assert os.stat(nwb_file).st_mtime_ns != stamp
+    assert json.loads((out / simulate.SIMULATION_FILE).read_text())["complete"] is True
     foreign = tmp_path / "allen_cache"
     foreign.mkdir()
     (foreign / "manifest.json").write_text(json.dumps(cache.manifest_dict()))

@@ -305,7 +305,7 @@ def read_stimulus_table(r: _Reader, name: str) -> pd.DataFrame:
 
 
 def stimulus_epoch_table(
-    tables: dict[str, pd.DataFrame], session_type: str, n_frames: int, path: str = "?"
+    tables: dict[str, pd.DataFrame], session_type: str, path: str = "?"
 ) -> pd.DataFrame:
     """allensdk's get_stimulus_epoch_table(): contiguous epochs per stimulus, sorted by start.
 
@@ -332,8 +332,7 @@ def stimulus_epoch_table(
         bounds = np.concatenate([[0], cuts, [len(table)]])
         for a, b in zip(bounds[:-1], bounds[1:], strict=True):
             intervals.append((int(start[a]), int(end[b - 1]), name))
-    intervals.sort(key=lambda x: x[0])
-    del n_frames  # allensdk only uses it for the trailing gap, which it then drops
+    intervals.sort(key=lambda x: x[0])  # stable, like allensdk's list.sort
     return pd.DataFrame(
         {
             "stimulus": [s for _, _, s in intervals],
@@ -388,7 +387,7 @@ def load_experiment(path: str | os.PathLike, *, allow_nan: bool = False) -> Expe
         running = read_running_speed(r, timestamps)
         names = [key.replace("_stimulus", "") for key in r.node(PRESENTATION).keys()]
         tables = {name: read_stimulus_table(r, name) for name in names}
-        epochs = stimulus_epoch_table(tables, metadata.session_type, len(timestamps), path)
+        epochs = stimulus_epoch_table(tables, metadata.session_type, path)
     return Experiment(
         path=path,
         metadata=metadata,

@@ -68,7 +68,12 @@ def responsive_cells(
 
 
 def dg_summary(exp: Experiment) -> dict[str, float]:
-    """Summary numbers of the drifting-grating responses of `exp` (see module docstring)."""
+    """Summary numbers of the drifting-grating responses of `exp` (see module docstring).
+
+    The responsive fraction follows de Vries' criterion, which assumes ~15 trials per condition:
+    with the `mini` simulator's 3 repeats a single noisy trial makes a cell "responsive", so only
+    read it on full-protocol sessions.
+    """
     table = exp.stimulus_table("drifting_gratings")
     table = table[table["start"] >= BASELINE_FRAMES]
     grating = (table["blank_sweep"] == 0).to_numpy()

@@ -266,8 +266,9 @@ def build_observatory(
 ) -> list[cache.CacheEntry]:
     """Writes (or reuses) a simulated observatory cache directory.
 
-    Idempotent: if `out_dir/simulation.json` records the same size, seed and shapes and every
-    file exists, nothing is rewritten. A directory holding a different build, or any other cache
+    Idempotent: if `out_dir/simulation.json` records a complete build of the same size, seed and
+    shapes and every file exists, nothing is rewritten; an interrupted build of the same spec is
+    redone. A directory holding a different build, or any other cache
     (e.g. real Allen data), is an error unless `overwrite=True` (only the simulator's own files
     are then replaced).
 
@@ -291,13 +292,14 @@ def build_observatory(
     if os.path.exists(record_path):
         with open(record_path) as f:
             existing = json.load(f)
-        if existing == record:
+        complete = existing.pop("complete", False)
+        if existing == record and complete:
             index = cache.read_cache_index(out_dir)
             if all(e.exists for e in index) and all(
                 os.path.isfile(ground_truth_path(out_dir, e.experiment_id)) for e in index
             ):
                 return index
-        elif not overwrite:
+        elif existing != record and not overwrite:
             raise DataError(
                 f"{record_path}: holds a different simulated build (size {existing.get('size')}, "
                 f"seed {existing.get('seed')}, cells {existing.get('cells')}); pass overwrite=True "
@@ -308,8 +310,8 @@ def build_observatory(
             f"{out_dir}: holds a cache that the simulator did not write; refusing to touch it"
         )
     os.makedirs(os.path.join(out_dir, cache.EXPERIMENT_DATA_DIR), exist_ok=True)
-    if os.path.exists(record_path):
-        os.remove(record_path)  # a crash below must not leave a record of a half-written build
+    # Marked incomplete until the last file is written: an interrupted build is redone.
+    cache.write_json(record_path, dict(record, complete=False))
     containers_json, experiments_json = [], []
     for i, n_cells in enumerate(spec.cells):
         t0 = time.perf_counter()
@@ -327,7 +329,7 @@ def build_observatory(
     cache.write_json(os.path.join(out_dir, cache.MANIFEST_FILE), cache.manifest_dict())
     cache.write_json(os.path.join(out_dir, cache.CONTAINERS_FILE), containers_json)
     cache.write_json(os.path.join(out_dir, cache.EXPERIMENTS_FILE), experiments_json)
-    cache.write_json(record_path, record)
+    cache.write_json(record_path, dict(record, complete=True))
     return cache.read_cache_index(out_dir)
 
 
