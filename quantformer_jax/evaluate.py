@@ -113,6 +113,7 @@ def select_examples(target: np.ndarray, num: int, response_frames: int) -> np.nd
     for q in np.linspace(0.0, 0.5, num):
         start = int(q * (len(order) - 1))
         candidates = [i for i in order[start:] if i not in picked]
+        candidates = candidates or [i for i in order if i not in picked]
         shown = {p % n for p in picked}
         fresh = [i for i in candidates if i % n not in shown]
         picked.append(int((fresh or candidates)[0]))

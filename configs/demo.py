@@ -1,0 +1,112 @@
+"""The stages of `make demo` / `make compare` and their two scales: one place for every preset.
+
+`quantformer_jax/demo.py` runs these stages in order; each stage is one ordinary training run
+(a config file plus `--config.*` overrides, exactly what `python -m quantformer_jax.main` takes)
+followed by `python -m quantformer_jax.evaluate`. The demo writes each stage's equivalent command
+line to `<workdir>/<stage>/command.txt`.
+
+  make demo                  # scale=demo, seed 0, on a 2-core CPU (see DEMO_TIMES below)
+  make demo SCALE=full       # paper sizes and schedules (for a GPU)
+  make compare               # scale=demo, seeds 0, 1, 2 into runs/compare (~3x the demo)
+
+Scales:
+  demo  the full Brain Observatory protocol (15 repeats of each of the 40 drifting-grating
+        conditions, 114,600 frames per session) with fewer cells (3 containers of 48/40/32
+        cells); CPU-sized models (d_model 64) and short schedules.
+  full  the `full` simulated Observatory (4 containers of 120-220 cells) and the paper's models
+        and schedules (the config files' defaults: d_model 128, K 512, 200 epochs each).
+Switch `runlocal`: the mini Observatory and every config's `:runlocal` smoke size (tests).
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+from configs import common
+
+# Measured stage times of `make demo` (filled in from real runs; see the report).
+DEMO_TIMES = """not measured yet"""
+
+# name -> (config file with switches, pretraining stage to start from, table task)
+STAGES = (
+    ("pretrain", "configs/pretrain.py", ""),
+    ("quantformer_forecast", "configs/forecast.py", "pretrain"),
+    ("quantformer_classify", "configs/classify.py", "pretrain"),
+    ("informer_forecast", "configs/baseline.py:model=informer,task=forecast", ""),
+    ("informer_classify", "configs/baseline.py:model=informer,task=classify", ""),
+    ("autoformer_forecast", "configs/baseline.py:model=autoformer,task=forecast", ""),
+    ("autoformer_classify", "configs/baseline.py:model=autoformer,task=classify", ""),
+    ("crossformer_forecast", "configs/baseline.py:model=crossformer,task=forecast", ""),
+    ("crossformer_classify", "configs/baseline.py:model=crossformer,task=classify", ""),
+    ("lstm_forecast", "configs/baseline.py:model=autoregressive_lstm,task=forecast", ""),
+    ("lstm_classify", "configs/baseline.py:model=lstm_classifier,task=classify", ""),
+    ("trial_average", "configs/baseline.py:model=trial_average,task=forecast", ""),
+    ("persistence", "configs/baseline.py:model=persistence,task=forecast", ""),
+    ("source_mean", "configs/baseline.py:model=source_mean,task=forecast", ""),
+    ("majority", "configs/baseline.py:model=majority,task=classify", ""),
+)
+
+_TRANSFORMERS = ("informer", "autoformer", "crossformer")
+
+
+def _stage(config_file: str, init_from: str, overrides: dict) -> ml_collections.ConfigDict:
+    """One stage: its config file, the stage it starts from, and (key, value) overrides."""
+    return ml_collections.ConfigDict(
+        {"config": config_file, "init_from": init_from, "overrides": tuple(overrides.items())}
+    )
+
+
+def _demo_overrides(name: str) -> dict:
+    """CPU-sized schedules and widths of scale=demo (the rest stays at the config's values)."""
+    train = {"training.log_every_steps": 10, "training.checkpoint_every_steps": 200}
+    if name == "pretrain":
+        return {**train, "training.num_epochs": 8, "training.eval_every_epochs": 2}
+    if name.startswith("quantformer"):
+        # The QuantCoder encoder is the pretrained tokenizer's (demo.py copies `model`).
+        return {**train, "training.num_epochs": 20, "optimizer.learning_rate": 5e-4}
+    model = name.split("_")[0]
+    if model in _TRANSFORMERS:
+        widths = {f"{model}_config.d_model": 64, f"{model}_config.n_heads": 4,
+                  f"{model}_config.d_ff": 256}  # fmt: skip
+        return {**train, **widths, "training.num_epochs": 20, "optimizer.learning_rate": 5e-4}
+    if model == "lstm":
+        return {**train, "lstm_config.hidden_size": 64, "training.num_epochs": 20,
+                "optimizer.learning_rate": 1e-3}  # fmt: skip
+    return {}  # parameter-free models: nothing to train
+
+
+def _with_switch(config_file: str, switch: str) -> str:
+    return f"{config_file},{switch}" if ":" in config_file else f"{config_file}:{switch}"
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    arg = common.parse_arg(arg, scale="demo", runlocal=False)
+    if arg.scale not in ("demo", "full"):
+        raise ValueError(f"configs/demo.py: scale={arg.scale!r}; expected demo | full")
+    config = ml_collections.ConfigDict()
+    config.scale = "runlocal" if arg.runlocal else arg.scale
+    # The simulated Observatory every stage reads (simulate.build_observatory arguments;
+    # containers 0 / cells () = the size's own).
+    config.observatory = ml_collections.ConfigDict(
+        {"size": "full", "containers": 3, "cells": (48, 40, 32), "seed": 0}
+    )
+    config.order = tuple(name for name, _, _ in STAGES)
+    config.stages = ml_collections.ConfigDict()
+    for name, config_file, init_from in STAGES:
+        if arg.runlocal:
+            stage = _stage(_with_switch(config_file, "runlocal"), init_from, {})
+        elif arg.scale == "full":
+            stage = _stage(config_file, init_from, {})
+        else:
+            file = _with_switch(config_file, "cpu") if name == "pretrain" else config_file
+            stage = _stage(file, init_from, _demo_overrides(name))
+        config.stages[name] = stage
+    if arg.runlocal:
+        config.observatory = ml_collections.ConfigDict(
+            {"size": "mini", "containers": 0, "cells": (), "seed": 0}
+        )
+    elif arg.scale == "full":
+        config.observatory = ml_collections.ConfigDict(
+            {"size": "full", "containers": 0, "cells": (), "seed": 0}
+        )
+    return config
