@@ -159,7 +159,7 @@ class AutoregressiveLSTM(nn.Module):
 
     @nn.compact
     def __call__(self, inputs: Mapping[str, jax.Array], *, train: bool) -> dict[str, jax.Array]:
-        src, stim = unpack_inputs(inputs, "AutoregressiveLSTM")
+        src, stim = unpack_inputs(inputs, "AutoregressiveLSTM", "forecast")
         batch, neurons, source_frames = src.shape
         frames = self.config.forecast_frames
         step = _ARStep(self.config, neurons, name="step")
@@ -221,7 +221,7 @@ class LSTMClassifier(nn.Module):
 
     @nn.compact
     def __call__(self, inputs: Mapping[str, jax.Array], *, train: bool) -> dict[str, jax.Array]:
-        src, stim = unpack_inputs(inputs, "LSTMClassifier")
+        src, stim = unpack_inputs(inputs, "LSTMClassifier", "classify")
         batch, neurons, source_frames = src.shape
         hidden = self.config.hidden_size
         if hidden < 8:
