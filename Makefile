@@ -10,7 +10,7 @@ ifeq ($(JAX_VARIANT),cuda)
 REQS += requirements-cuda.txt
 endif
 
-.PHONY: env demo test lint format clean-venv
+.PHONY: env demo compare test lint format clean-venv
 
 env: $(STAMP)
 
@@ -37,8 +37,19 @@ test: lint allen-env-optional
 allen-env-optional:
 	@$(MAKE) --no-print-directory allen-env || echo "WARNING: allen-env could not be built; the allensdk cross-check is skipped" >&2
 
+# `make demo`: the whole benchmark on the simulated Observatory (configs/demo.py), resumable:
+# run it again after an interruption. SCALE=full: paper-size models and schedules (for a GPU).
+# `make compare`: the same for seeds 0, 1, 2 (mean +- sd in runs/compare/report.md).
+SCALE ?= demo
+DEMO_DIR ?= runs/demo$(if $(filter-out demo,$(SCALE)),_$(SCALE))
+COMPARE_DIR ?= runs/compare$(if $(filter-out demo,$(SCALE)),_$(SCALE))
+SEEDS ?= 0,1,2
+
 demo: $(STAMP)
-	$(PY) -m quantformer_jax.demo --workdir runs/demo
+	$(PY) -m quantformer_jax.demo --workdir $(DEMO_DIR) --scale $(SCALE)
+
+compare: $(STAMP)
+	$(PY) -m quantformer_jax.demo --workdir $(COMPARE_DIR) --scale $(SCALE) --seeds $(SEEDS)
 
 clean-venv:
 	rm -rf $(VENV)

@@ -12,12 +12,13 @@
 #   FORECAST_CONFIG  (default configs/forecast.py)
 #   CLASSIFY_CONFIG  (default configs/classify.py)
 #   SIZE=runlocal    appends :runlocal to the three configs (smoke test; tests/test_launch.py)
+#   TASKS            finetuning tasks to run (default "forecast classify")
 # A stage whose workdir holds metrics.json is skipped; an interrupted one resumes from its latest
 # checkpoint when the script is run again.
 set -euo pipefail
 
 if [[ $# -lt 1 ]]; then
-  sed -n '2,18p' "$0" >&2
+  sed -n '2,19p' "$0" >&2
   exit 2
 fi
 ROOT=$1
@@ -56,7 +57,7 @@ for key, value in json.load(open(sys.argv[1]))["model"].items():
 PYEOF
 )
 
-for task in forecast classify; do
+for task in ${TASKS:-forecast classify}; do
   config=$FORECAST_CONFIG
   [[ $task == classify ]] && config=$CLASSIFY_CONFIG
   stage "quantformer_$task" "$ROOT/quantformer_$task" --config="$config" \
