@@ -37,6 +37,7 @@ from quantformer_jax import constants
 from quantformer_jax.baselines import interface
 from quantformer_jax.baselines.layers import (
     TIME_EMBEDDINGS,
+    AttendFn,
     AttentionLayer,
     CircularConv1d,
     DataEmbedding,
@@ -204,7 +205,8 @@ class DecoderLayer(nn.Module):
         return x, trend
 
 
-def _correlation_fn(config: AutoformerConfig, train: bool):
+def _correlation_fn(config: AutoformerConfig, train: bool) -> AttendFn:
+    """The auto-correlation attention of a layer call (batch-shared delays in train mode)."""
     shared = train and config.shared_delays_in_train
 
     def attend(q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
