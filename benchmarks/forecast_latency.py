@@ -11,7 +11,8 @@ trainer's own prediction path (training/forecast.py `Heads.decode(...)["forecast
 metric-only outputs XLA drops), timed interleaved with it (A/B/A/B) so that load on a shared
 machine hits both alike. FLOPs: XLA's cost analysis of each compiled function at batch 1,
 times the batch.
-The last line is `forecast_1trial_ms=<median> forecast_32trials_ms=<median>` (fast path).
+The last line is `forecast_1trial_ms=<median> forecast_32trials_ms=<median>` (fast path;
+the reference with `--reference-only`).
 """
 
 from __future__ import annotations
@@ -67,6 +68,7 @@ def main() -> None:
     parser.add_argument("--reps-batch", type=int, default=5, help="timed calls at --batch")
     parser.add_argument("--chunk-trials", type=int, default=inference.DEFAULT_CHUNK_TRIALS)
     parser.add_argument("--no-reference", action="store_true", help="time the fast path only")
+    parser.add_argument("--reference-only", action="store_true", help="time the trainer's path")
     args = parser.parse_args()
 
     config = forecast_config.get_config()
@@ -114,12 +116,15 @@ def main() -> None:
     for batch, reps in ((1, args.reps), (args.batch, args.reps_batch)):
         src = jnp.asarray(rs.randn(batch, n, s), jnp.float32)
         stim = jnp.asarray(rs.rand(batch, 4), jnp.float32)
-        fns = {"fast": fast.lower(src, stim).compile()}
-        call_args = {"fast": (variables, teacher_params, jnp.asarray(classes.class_codes), src,
-                              stim)}  # fmt: skip
+        fns, call_args = {}, {}
+        if not args.reference_only:
+            fns["fast"] = fast.lower(src, stim).compile()
+            call_args["fast"] = (variables, teacher_params, jnp.asarray(classes.class_codes), src,
+                                 stim)  # fmt: skip
         if not args.no_reference:
             fns["reference"] = reference.lower(variables, model_state, src, stim).compile()
             call_args["reference"] = (variables, model_state, src, stim)
+        if len(fns) == 2:
             outs = [np.asarray(fns[k](*call_args[k])) for k in ("fast", "reference")]
             diff = np.abs(outs[0] - outs[1]).max()
             print(f"batch {batch}: max |fast - reference| = {diff:.2e}")
@@ -133,7 +138,7 @@ def main() -> None:
             print(f"batch {batch:3d} {name:9s}: median {med:8.1f} ms  min {t.min():8.1f} ms "
                   f"({reps} calls)  {flops / 1e9:7.2f} GFLOP = {flops / batch / 1e9:5.2f}/trial  "
                   f"{flops / 1e6 / med:6.1f} GFLOP/s (median)  load {_load()}")  # fmt: skip
-        medians[batch] = float(np.median(times["fast"]))
+        medians[batch] = float(np.median(times["reference" if args.reference_only else "fast"]))
     print(f"forecast_1trial_ms={medians[1]:.1f} forecast_{args.batch}trials_ms="
           f"{medians[args.batch]:.1f}")  # fmt: skip
 
