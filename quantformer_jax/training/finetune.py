@@ -463,10 +463,10 @@ class Trainer:
         sums = evaluate_split(self.eval_fn(), state, self.setup.eval_batches(split), max_steps)
         return self.summarize_full(sums)
 
-    def predict(self, state: TrainState, split: str) -> dict[str, np.ndarray]:
-        """The decoded predictions of every valid window of `split`, in time order."""
-        s, naive = self.setup.source_frames, self.setup.naive
+    def predict_batch(self, state: TrainState, batch: Mapping[str, Any]) -> dict[str, jax.Array]:
+        """The decoded predictions of one batch (compiled once; eval mode, no future frames)."""
         if self._predict_fn is None:
+            s, naive = self.setup.source_frames, self.setup.naive
 
             def fn(state, batch):
                 inputs = model_inputs(batch, s, train=False, naive=naive)
@@ -476,10 +476,15 @@ class Trainer:
                 return self.heads.decode(out, batch, state.model_state)
 
             self._predict_fn = jax.jit(fn)
+        return self._predict_fn(state, dict(batch))
+
+    def predict(self, state: TrainState, split: str) -> dict[str, np.ndarray]:
+        """The decoded predictions of every valid window of `split`, in time order."""
+        s = self.setup.source_frames
         parts: dict[str, list] = {}
         for batch in self.setup.eval_batches(split):
             keep = np.asarray(batch["valid"])
-            out = dict(jax.device_get(self._predict_fn(state, batch)))
+            out = dict(jax.device_get(self.predict_batch(state, batch)))
             out.update(source=batch["x"][..., :s], target=batch["x"][..., s:],
                        labels=batch["labels"], condition_id=batch["condition_id"])  # fmt: skip
             for k, v in out.items():

@@ -212,6 +212,7 @@ class Heads:
             "window": window,
             "quantized": quantized[..., s:],
             "teacher_source_forecast": teacher_src[..., s:],
+            "code_logits": out["code_logits"],
             "pred_classes": pred_classes,
             "target_classes": labels,
             "codes": codes,
@@ -413,7 +414,8 @@ def predict(
     Returns:
         dict(forecast, target [W, N, F], source [W, N, S], labels [W, N], condition_id [W]) and,
         for QuantCoder, quantized [W, N, F], pred_classes / target_classes [W, N, F // P],
-        codes [W, N, L] (the teacher's), window [W, N, T] and teacher_source_forecast [W, N, F].
+        codes [W, N, L] (the teacher's), code_logits [W, N, F // P, C], window [W, N, T] and
+        teacher_source_forecast [W, N, F].
     """
     trainer, state = finetune.load_run(build, config, workdir, best=best, dataset=dataset)
     return trainer.predict(state, split)
