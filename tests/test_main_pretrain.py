@@ -165,15 +165,22 @@ def test_pmap_pretraining_step_matches_one_device(mini_observatory, jax_cache):
     batches = [b for _, b in zip(range(2), task.train_batches(0, 0), strict=False)]
     results = {}
     for mode, n in (("jit", 1), ("pmap", 4)):
+        traces = []
+
+        def counted(*args, traces=traces, **kwargs):
+            traces.append(1)  # runs only while tracing: two steps of one shape trace once
+            return task.train_step(*args, **kwargs)
+
         dp = parallel.DataParallel(mode, num_devices=n)
         state = dp.put_state(start)
-        step = dp.compile_train_step(task.train_step)
+        step = dp.compile_train_step(counted)
         losses, replaced = [], []
         for batch in batches:
             state, metrics = step(state, dp.put_batch(batch))
             losses.append(float(metrics["loss"][0]))
             replaced.append(float(metrics["replaced_codes"][0]))
         results[mode] = losses, replaced, jax.device_get(dp.host_state(state))
+        assert len(traces) == 1, f"{mode}: the train step was traced {len(traces)} times"
     (ref_loss, ref_replaced, ref), (loss, replaced, out) = results["jit"], results["pmap"]
     np.testing.assert_allclose(loss, ref_loss, atol=1e-5)
     assert replaced == ref_replaced and replaced[0] > 0

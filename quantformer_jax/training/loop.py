@@ -55,9 +55,12 @@ class Task:
 
     Attributes:
         name: the task name (logs only).
-        init_state: builds the fresh host TrainState from the config seed.
+        init_state: builds the fresh TrainState from the config seed; must be traceable
+            (`jax.eval_shape` gives the restore target without running it).
         train_step: `(state, batch, *, axis_name) -> (state, metrics)`, pure; metrics are
             (sum, count) pairs or arrays to be summed over steps, already reduced over devices.
+            `axis_name` is None on the jit path (the step sees the global batch) and 'data' on
+            the pmap path (reduce with `parallel.weighted_mean` / `psum` / `all_gather`).
         eval_step: `(state, batch, *, axis_name) -> metrics`, pure, same conventions.
         train_batches: `(epoch, start_step) -> iterable of global host batches`; the order must
             be a function of (seed, epoch) and start at batch `start_step` of that epoch.
@@ -198,7 +201,8 @@ def _train_and_evaluate(
     train_step = dp.compile_train_step(task.train_step)
     eval_step = dp.compile_eval_step(task.eval_step)
     step = int(jax.device_get(dp.host_state(state).step))
-    show = tcfg.get("progress_bar", True) and parallel.is_main_process()
+    # tqdm: None = shown only on a terminal (quiet in tests, CI and log files).
+    hide_bars = None if tcfg.get("progress_bar", True) and parallel.is_main_process() else True
     max_steps = tcfg.get("max_steps_per_epoch", 0)
 
     def meta() -> dict[str, Any]:
@@ -258,11 +262,12 @@ def _train_and_evaluate(
 
     results: dict[str, float] = {}
     epochs = range(progress.epoch, 0 if progress.stopped_early else tcfg.num_epochs)
-    for epoch in tqdm(epochs, desc="epochs", disable=not show, initial=progress.epoch,
-                      total=tcfg.num_epochs):  # fmt: skip
+    epoch_bar = tqdm(epochs, desc="epochs", disable=hide_bars, initial=progress.epoch,
+                     total=tcfg.num_epochs)  # fmt: skip
+    for epoch in epoch_bar:
         start = progress.step_in_epoch
         bar = tqdm(total=task.steps_per_epoch, initial=start, desc=f"epoch {epoch}",
-                   disable=not show, leave=False)  # fmt: skip
+                   disable=hide_bars, leave=False)  # fmt: skip
         for batch in task.train_batches(epoch, start):
             if max_steps and progress.step_in_epoch >= max_steps:
                 break

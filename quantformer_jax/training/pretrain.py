@@ -66,18 +66,29 @@ def _patch_mask(key: jax.Array, patches: jax.Array, settings: LossSettings, axis
 
 
 def _recon_sums(
-    recon: jax.Array, patches: jax.Array, row_valid: jax.Array, codes: jax.Array, num_codes: int
+    recon: jax.Array,
+    patches: jax.Array,
+    row_valid: jax.Array,
+    labels: jax.Array,
+    codes: jax.Array,
+    num_codes: int,
 ) -> dict[str, Any]:
-    """Reconstruction quality and code usage as (sum, count) pairs and a code histogram."""
+    """Reconstruction quality and code usage as (sum, count) pairs and a code histogram.
+
+    `pearson_active` is restricted to active neuron-trials (label 1): inactive rows are mostly
+    recording noise, which bounds the all-row Pearson of any reconstruction through the codebook.
+    """
     pred, target = masking.unpatchify(recon), masking.unpatchify(patches)  # [M, T]
     valid = row_valid.astype(jnp.float32)
     sse = jnp.sum(jnp.sum(jnp.square(pred - target), axis=-1) * valid)
     r, degenerate = metrics.pearson_per_series(pred, target)  # [M]
     ok = (row_valid & ~degenerate).astype(jnp.float32)
+    active = ok * (labels == 1)
     n_rows = jnp.sum(valid)
     return {
         "recon_mse": (sse, n_rows * target.shape[-1]),
         "pearson": (jnp.sum(r * ok), jnp.sum(ok)),
+        "pearson_active": (jnp.sum(r * active), jnp.sum(active)),
         "abs_pearson": (jnp.sum(jnp.abs(r) * ok), jnp.sum(ok)),
         "constant_rows": (jnp.sum(degenerate * valid), n_rows),
         "code_hist": vector_quantizer.code_histogram(codes, num_codes, row_valid),
@@ -98,7 +109,8 @@ def train_step(
 
     Args:
         state: the train state (params, Adam state, {'vq_state': counters}).
-        batch: x float32 [M, T], row_valid bool [M] (this device's rows on the pmap path).
+        batch: x float32 [M, T], row_valid bool [M], labels int32 [M] (this device's rows on
+            the pmap path).
         model: the tokenizer.
         tx: the optimizer.
         settings: mask ratio/kind, beta and VQ-loss variant.
@@ -145,7 +157,9 @@ def train_step(
     )
 
     one = jnp.ones((), jnp.float32)
-    sums = _recon_sums(out["recon"], patches, row_valid, out["codes"], config.codebook_size)
+    sums = _recon_sums(
+        out["recon"], patches, row_valid, batch["labels"], out["codes"], config.codebook_size
+    )
     step_metrics = {
         **{name: (value, one) for name, value in terms.items()},
         **parallel.psum(sums, axis_name),
@@ -177,8 +191,14 @@ def eval_step(
         out, patches, None, row_valid, beta=settings.beta, vq_loss=settings.vq_loss
     )
     n_rows = jnp.sum(row_valid).astype(jnp.float32)
-    sums = {k: (v * n_rows, n_rows) for k, v in terms.items() if k != "masked_recon_loss"}
-    sums.update(_recon_sums(out["recon"], patches, row_valid, out["codes"], config.codebook_size))
+    # No mask at evaluation; recon_loss is recon_mse (reported below).
+    skip = ("masked_recon_loss", "recon_loss")
+    sums = {k: (v * n_rows, n_rows) for k, v in terms.items() if k not in skip}
+    sums.update(
+        _recon_sums(
+            out["recon"], patches, row_valid, batch["labels"], out["codes"], config.codebook_size
+        )
+    )
     return parallel.psum(sums, axis_name)
 
 
