@@ -44,7 +44,10 @@ def jax_cache(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def pretrained(tmp_path_factory, mini_observatory):
-    workdir = str(tmp_path_factory.mktemp("pretrain"))
+    # One runlocal pretraining per session, shared by test_forecast.py and test_classify.py.
+    workdir = str(tmp_path_factory.getbasetemp() / "finetune_pretrain")
+    if os.path.isdir(os.path.join(workdir, "checkpoints", "best")):
+        return workdir
     config = pretrain_config.get_config("runlocal")
     config.data.cache_dir = str(mini_observatory)
     config.training.update({"num_devices": 1, "progress_bar": False})
