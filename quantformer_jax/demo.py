@@ -157,6 +157,8 @@ def stage_logging(path: str) -> Iterator[None]:
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     console = logging.StreamHandler(sys.stderr)
     console.setLevel(logging.WARNING)
+    # orbax warns about its own read-only restore options on every pretrained load: log file only.
+    console.addFilter(lambda record: "orbax" not in record.pathname)
     old_level, old_verbosity = root.level, absl_logging.get_verbosity()
     root.addHandler(handler)
     root.addHandler(console)

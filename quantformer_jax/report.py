@@ -267,7 +267,8 @@ def _palette(n: int) -> list:
     from matplotlib import colormaps
 
     cmap = colormaps["tab10"]
-    return [cmap(i % 10) for i in range(n)]
+    colors = [cmap(i) for i in range(10) if i != 7]  # grey is the input trace's colour
+    return [colors[i % len(colors)] for i in range(n)]
 
 
 def plot_error_per_step(runs: Mapping[tuple[str, str], dict[int, dict]], path: str):
