@@ -243,7 +243,7 @@ def run(
         for name in order:
             i += 1
             key = name if len(seeds) == 1 else f"seed{seed}/{name}"
-            prefix = f"[{i:2d}/{total}] {key:<22}"
+            prefix = f"[{i:2d}/{total}] {key:<{22 if len(seeds) == 1 else 28}}"
             workdir = dirs[name]
             done = evaluate.read_metrics(workdir)
             if done is not None:
