@@ -17,3 +17,36 @@ def mini_observatory(tmp_path_factory):
     out = tmp_path_factory.mktemp("mini_observatory")
     simulate.build_observatory(out, size="mini", seed=0)
     return out
+
+
+@pytest.fixture(scope="module")
+def jax_cache(tmp_path_factory):
+    """A persistent compilation cache for one module: resumed runs and evaluations recompile the
+    same steps, so they hit the cache instead of XLA."""
+    import jax
+    from jax.experimental.compilation_cache import compilation_cache
+
+    path = str(tmp_path_factory.mktemp("jax_cache"))
+    previous = jax.config.jax_compilation_cache_dir
+    jax.config.update("jax_compilation_cache_dir", path)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+    compilation_cache.reset_cache()
+    yield path
+    jax.config.update("jax_compilation_cache_dir", previous)
+    compilation_cache.reset_cache()
+
+
+@pytest.fixture(scope="module")
+def pretrained(tmp_path_factory, mini_observatory):
+    """A runlocal pretraining workdir, trained once per session (shared by the finetuning tests)."""
+    from configs import pretrain as pretrain_config
+    from quantformer_jax.training import pretrain
+
+    workdir = str(tmp_path_factory.getbasetemp() / "finetune_pretrain")
+    if os.path.isdir(os.path.join(workdir, "checkpoints", "best")):
+        return workdir
+    config = pretrain_config.get_config("runlocal")
+    config.data.cache_dir = str(mini_observatory)
+    config.training.update({"num_devices": 1, "progress_bar": False})
+    pretrain.train_and_evaluate(config, workdir)
+    return workdir

@@ -14,25 +14,13 @@ import os
 import jax
 import numpy as np
 import pytest
-from jax.experimental.compilation_cache import compilation_cache
 
 from configs import baseline as baseline_config
 from quantformer_jax import metrics
 from quantformer_jax.data import pipeline
 from quantformer_jax.training import classify, finetune, forecast
 
-
-@pytest.fixture(scope="module", autouse=True)
-def jax_cache(tmp_path_factory):
-    """A persistent compilation cache (evaluation recompiles the loop's steps)."""
-    path = str(tmp_path_factory.mktemp("jax_cache"))
-    previous = jax.config.jax_compilation_cache_dir
-    jax.config.update("jax_compilation_cache_dir", path)
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
-    compilation_cache.reset_cache()
-    yield path
-    jax.config.update("jax_compilation_cache_dir", previous)
-    compilation_cache.reset_cache()
+pytestmark = pytest.mark.usefixtures("jax_cache")
 
 
 def _config(observatory, model, task):

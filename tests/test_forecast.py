@@ -13,12 +13,10 @@ import os
 import jax
 import numpy as np
 import pytest
-from jax.experimental.compilation_cache import compilation_cache
 
 from configs import forecast as forecast_config
-from configs import pretrain as pretrain_config
 from quantformer_jax import metric_writer
-from quantformer_jax.training import finetune, forecast, pretrain, targets
+from quantformer_jax.training import finetune, forecast, targets
 
 
 def _config(observatory, init_from="", **training):
@@ -29,30 +27,7 @@ def _config(observatory, init_from="", **training):
     return config
 
 
-@pytest.fixture(scope="module", autouse=True)
-def jax_cache(tmp_path_factory):
-    """A persistent compilation cache: the resumed run and evaluation recompile the same steps."""
-    path = str(tmp_path_factory.mktemp("jax_cache"))
-    previous = jax.config.jax_compilation_cache_dir
-    jax.config.update("jax_compilation_cache_dir", path)
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
-    compilation_cache.reset_cache()
-    yield path
-    jax.config.update("jax_compilation_cache_dir", previous)
-    compilation_cache.reset_cache()
-
-
-@pytest.fixture(scope="module")
-def pretrained(tmp_path_factory, mini_observatory):
-    # One runlocal pretraining per session, shared by test_forecast.py and test_classify.py.
-    workdir = str(tmp_path_factory.getbasetemp() / "finetune_pretrain")
-    if os.path.isdir(os.path.join(workdir, "checkpoints", "best")):
-        return workdir
-    config = pretrain_config.get_config("runlocal")
-    config.data.cache_dir = str(mini_observatory)
-    config.training.update({"num_devices": 1, "progress_bar": False})
-    pretrain.train_and_evaluate(config, workdir)
-    return workdir
+pytestmark = pytest.mark.usefixtures("jax_cache")
 
 
 @pytest.fixture(scope="module")
