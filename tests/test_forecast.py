@@ -2,11 +2,13 @@
 
 One runlocal pretraining workdir and one 2-step `configs/forecast.py:runlocal` run per module.
 Checked: logs, checkpoints, code classes, test_metrics.json (per-step vectors); a longer re-run
-resumes; the forecast never reads the future frames; the loss equals the class-weighted mean of
+resumes; the forecast never reads the future frames; it decodes the expected code vector
+(config.decoding, faithful forces argmax); the loss equals the class-weighted mean of
 -log p over the future patches of the teacher targets; architecture mismatch and a missing
 `init_from` are clear errors.
 """
 
+import dataclasses
 import json
 import os
 
@@ -100,6 +102,48 @@ def test_loss_is_the_class_weighted_mean_over_future_patches(loaded):
     w = classes.class_weights[labels]
     keep = np.broadcast_to(batch["valid"][:, None, None], labels.shape)
     np.testing.assert_allclose(loss, np.sum(w * nll * keep) / keep.sum(), rtol=1e-5)
+
+
+def test_trainer_forecast_decodes_the_expected_code_vector_by_default(loaded):
+    trainer, state = loaded
+    heads = trainer.heads
+    assert heads.decoding == "expected"  # configs/forecast.py's default reaches the trainer
+    batch = next(iter(trainer.setup.eval_batches("test")))
+    s = trainer.setup.source_frames
+    inputs = finetune.model_inputs(batch, s, train=False, naive=False)
+    out, _ = finetune.apply_model(
+        trainer.model, state.params, state.model_state, inputs, train=False
+    )
+    got = np.asarray(trainer.predict_batch(state, batch)["forecast"])  # [B, N, F]
+    # By hand: C' rows of the student's source codes, then softmax(logits) @ C'[class codes].
+    teacher, params = heads.teacher, state.model_state[finetune.TEACHER]["params"]
+    book = targets.effective_codebook(teacher.module, params)  # [K, d]
+    probs = np.asarray(jax.nn.softmax(out["code_logits"]))  # [B, N, 4, C]
+    source = book[np.asarray(out["source_codes"])[..., : s // 16]]  # [B, N, 6, d]
+    z = np.concatenate([source, probs @ book[teacher.classes.class_codes]], axis=-2)
+    want = targets.decode_embeddings(teacher.module, params, jax.numpy.asarray(z))[..., s:]
+    np.testing.assert_allclose(got, want, atol=1e-5)
+    argmax = dataclasses.replace(heads, decoding="argmax").decode(out, batch, state.model_state)
+    assert not np.allclose(got, argmax["forecast"], atol=1e-5)
+
+
+def test_decoding_option_faithful_forces_argmax_and_bad_values_are_errors():
+    config = forecast_config.get_config()
+    assert forecast.decoding_of(config) == "expected"
+    config.decoding = "argmax"
+    assert forecast.decoding_of(config) == "argmax"
+    config.decoding = "expected"
+    config.faithful = True  # the original's prediction
+    assert forecast.decoding_of(config) == "argmax"
+    config.decoding = "mean"
+    with pytest.raises(ValueError, match="config.decoding='mean'"):
+        forecast.decoding_of(config)
+    del config.decoding  # the config.json of a run trained before the option: argmax
+    assert forecast.decoding_of(config) == "argmax"
+    with pytest.raises(ValueError, match="config.decoding='mean'"):
+        forecast.Heads(source_frames=96, decoding="mean")
+    with pytest.raises(ValueError, match="faithful"):
+        forecast.Heads(source_frames=96, faithful=True, decoding="expected")
 
 
 def test_predict_returns_every_valid_test_window(loaded):

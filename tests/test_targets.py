@@ -109,3 +109,67 @@ def test_effective_codebook_is_affine_and_raw_decoding_differs(tiny_teacher):
     raw = decode(module, params, codes, raw_codebook=True)
     assert affine.shape == (1, 2, 160)
     assert not np.allclose(affine, raw)
+
+
+# --- Forecast decoding: argmax vs expected code vector ------------------------------------------
+
+CLASS_CODES = np.array([1, 4, 6], np.int32)  # 3 classes of the 8 codes
+
+
+def _window(module, params, logits, source_codes, decoding, raw=False):
+    z = targets.forecast_embeddings(
+        module, params, logits, source_codes, CLASS_CODES, decoding=decoding, raw_codebook=raw
+    )
+    return targets.decode_embeddings(module, params, z)
+
+
+@pytest.fixture(scope="module")
+def decoding_inputs():
+    rng = np.random.RandomState(1)
+    logits = jnp.asarray(rng.randn(2, 3, 4, 3), jnp.float32)  # [B, N, Lf=4, C=3]
+    source = jnp.asarray(rng.randint(0, 8, (2, 3, 6)), jnp.int32)  # [B, N, Ls=6]
+    return logits, source
+
+
+def test_expected_decoding_is_probs_times_class_code_vectors_decoded(tiny_teacher, decoding_inputs):
+    module, params = tiny_teacher
+    logits, source = decoding_inputs
+    got = jax.jit(_window, static_argnums=(0, 4))(module, params, logits, source, "expected")
+    # By hand: softmax in numpy, C' rows of the class codes, the decoder on the mixed vectors.
+    book = targets.effective_codebook(module, params).astype(np.float64)  # [8, d]
+    lg = np.asarray(logits, np.float64)
+    probs = np.exp(lg - lg.max(-1, keepdims=True))
+    probs /= probs.sum(-1, keepdims=True)
+    future = probs @ book[CLASS_CODES]  # [B, N, 4, d]
+    z = np.concatenate([book[np.asarray(source)], future], axis=-2).astype(np.float32)
+    want = module.apply(
+        {"params": params}, z.reshape(6, 10, -1), method=tokenizer.VQTokenizer.decode
+    )
+    assert got.shape == (2, 3, 160)
+    np.testing.assert_allclose(got, np.asarray(want).reshape(2, 3, 160), atol=1e-5)
+    # ... and it is not the argmax forecast (the check has teeth), while the source part is the
+    # same vectors: the decoder is bidirectional, so only the inputs are compared there.
+    argmax = _window(module, params, logits, source, "argmax")
+    assert not np.allclose(got[..., 96:], argmax[..., 96:], atol=1e-4)
+
+
+def test_peaked_logits_make_expected_equal_argmax_and_argmax_equals_decode_codes(
+    tiny_teacher, decoding_inputs
+):
+    module, params = tiny_teacher
+    logits, source = decoding_inputs
+    peaked = logits * 1e4  # softmax is one-hot in fp32
+    for raw in (False, True):
+        argmax = _window(module, params, peaked, source, "argmax", raw)
+        expected = _window(module, params, peaked, source, "expected", raw)
+        np.testing.assert_allclose(expected, argmax, atol=1e-6)
+        codes = jnp.concatenate([source, CLASS_CODES[np.argmax(logits, -1)]], axis=-1)
+        plain = targets.decode_codes(module, params, codes, raw_codebook=raw)
+        np.testing.assert_allclose(argmax, plain, atol=1e-6)
+
+
+def test_unknown_decoding_is_an_error_naming_the_config_key(tiny_teacher, decoding_inputs):
+    module, params = tiny_teacher
+    logits, source = decoding_inputs
+    with pytest.raises(ValueError, match="config.decoding='mean'"):
+        _window(module, params, logits, source, "mean")

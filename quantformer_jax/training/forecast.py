@@ -6,9 +6,12 @@ loss (STYLE.md 12):
 * {"code_logits": [B, N, F // P, C], "source_codes": [B, N, S // P]} (QuantCoder, REFERENCE 3.2):
   class-weighted focal loss (gamma `config.focal_gamma`, default 0 = weighted CE, F4) over the
   future patches only, against the frozen teacher's codes of the FULL window mapped to classes
-  (training/targets.py). Prediction: argmax classes -> codes, concatenated after the student's
-  frozen-codebook codes of the source patches (F5), decoded by the pretrained decoder through
-  the affine codebook C' (F1; `config.faithful` decodes through the raw C, as the original).
+  (training/targets.py). Prediction (`config.decoding`, targets.forecast_embeddings): per
+  future patch the expected code vector softmax(logits) @ C'[class codes] ("expected", the
+  default) or the argmax class's code vector ("argmax", the paper), after the code vectors of
+  the student's frozen-codebook codes of the source patches (F5), decoded by the pretrained
+  decoder. Vectors come from the affine codebook C' (F1); `config.faithful` decodes the argmax
+  class through the raw C, as the original. Code-class metrics always use the argmax class.
 * {"forecast": [B, N, F]} (baselines): MSE on the F future frames.
 * parameter-free models (persistence, source_mean, trial_average): no train step; the same
   evaluation.
@@ -152,6 +155,23 @@ def make_teacher(
     return Teacher(module, classes, params)
 
 
+def decoding_of(config: ml_collections.ConfigDict) -> str:
+    """The QuantCoder decoding a run uses: `config.decoding`, but always argmax when faithful.
+
+    A config without the field (a workdir trained before it existed) decoded argmax.
+
+    Raises:
+        ValueError: `config.decoding` is not one of targets.DECODINGS.
+    """
+    decoding = str(config.get("decoding", "argmax"))
+    if decoding not in targets.DECODINGS:
+        raise ValueError(f"config.decoding={decoding!r}: expected one of {targets.DECODINGS}")
+    if config.faithful and decoding != "argmax":
+        logging.info("config.faithful: decoding the argmax class as the original, not %r", decoding)
+        return "argmax"
+    return decoding
+
+
 # --- Loss and metric sums -----------------------------------------------------------------------
 
 
@@ -164,6 +184,19 @@ class Heads:
     gamma: float = 0.0
     loss: str = "focal"  # focal | cross_entropy (code models)
     faithful: bool = False
+    # targets.DECODINGS; `build` passes `decoding_of(config)` (config default "expected").
+    decoding: str = "argmax"
+
+    def __post_init__(self):
+        if self.decoding not in targets.DECODINGS:
+            raise ValueError(
+                f"config.decoding={self.decoding!r}: expected one of {targets.DECODINGS}"
+            )
+        if self.faithful and self.decoding != "argmax":
+            raise ValueError(
+                f"config.faithful decodes the argmax class (the original's prediction), not "
+                f"config.decoding={self.decoding!r}"
+            )
 
     def _codes(self, batch: Mapping[str, jax.Array], model_state: Mapping[str, Any]):
         t = self.teacher
@@ -196,16 +229,22 @@ class Heads:
             return {"forecast": out["forecast"]}
         t = self.teacher
         codes, labels, params, n_src = self._codes(batch, model_state)
-        pred_classes = jnp.argmax(out["code_logits"], axis=-1).astype(jnp.int32)  # [B, N, Lf]
-        pred_codes = jnp.take(jnp.asarray(t.classes.class_codes), pred_classes, axis=0)
-        src_codes = out["source_codes"][..., :n_src]  # student's frozen codebook (F5)
+        logits = out["code_logits"]  # [B, N, Lf, C]
+        pred_classes = jnp.argmax(logits, axis=-1).astype(jnp.int32)  # [B, N, Lf]
         raw = self.faithful
-        window = targets.decode_codes(
-            t.module, params, jnp.concatenate([src_codes, pred_codes], axis=-1), raw_codebook=raw
-        )  # [B, N, T]
+        # [B, N, L, d]: the student's source codes' vectors (F5), then the future patches'.
+        z = targets.forecast_embeddings(
+            t.module, params, logits, out["source_codes"][..., :n_src], t.classes.class_codes,
+            decoding=self.decoding, raw_codebook=raw,
+        )  # fmt: skip
+        window = targets.decode_embeddings(t.module, params, z)  # [B, N, T]
         quantized = targets.decode_codes(t.module, params, codes, raw_codebook=raw)
-        teacher_src_codes = jnp.concatenate([codes[..., :n_src], pred_codes], axis=-1)
-        teacher_src = targets.decode_codes(t.module, params, teacher_src_codes, raw_codebook=raw)
+        # F5 diagnostic: the same future embeddings after the teacher's own source codes.
+        teacher_src_z = jnp.concatenate(
+            [targets.code_embeddings(t.module, params, codes[..., :n_src], raw_codebook=raw),
+             z[..., n_src:, :]], axis=-2,
+        )  # fmt: skip
+        teacher_src = targets.decode_embeddings(t.module, params, teacher_src_z)
         s = self.source_frames
         return {
             "forecast": window[..., s:],
@@ -316,6 +355,7 @@ def build(
         gamma=float(config.get("focal_gamma", 0.0)),
         loss=str(config.get("loss", "focal")),
         faithful=bool(config.faithful),
+        decoding=decoding_of(config) if name == "quantcoder" else "argmax",
     )
     freeze = ("encoder",) if config.get("freeze_encoder", False) and name == "quantcoder" else ()
     make_variables = functools.partial(

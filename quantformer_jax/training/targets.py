@@ -12,11 +12,15 @@ REFERENCE.md 3.1-3.2 with decisions F2, F3, F4:
   How often that happens is counted by the evaluation (`unseen_codes`).
 * Class weights = sum(counts) / (C * counts_c), from the same counts over all positions (F4);
   they are the focal loss's alpha (a plain mean of w_y * CE, not torch's weighted mean).
+* Predicted classes go back through the teacher's decoder (`forecast_embeddings` +
+  `decode_embeddings`): the argmax class's code vector (the paper), or the expected code vector
+  under the predicted class distribution (`config.decoding="expected"`, the default).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 from collections.abc import Iterable
@@ -27,6 +31,9 @@ import numpy as np
 
 from quantformer_jax.models import masking
 from quantformer_jax.models.tokenizer import VQTokenizer
+
+# How QuantCoder's future-patch class logits become decoder inputs (`forecast_embeddings`).
+DECODINGS = ("argmax", "expected")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -174,6 +181,87 @@ def decode_codes(
         method=VQTokenizer.decode_codes,
     )  # [B*N, L, P]
     return patches.reshape(b, n, -1)
+
+
+def code_embeddings(
+    teacher: VQTokenizer, teacher_params: dict, codes: jax.Array, *, raw_codebook: bool = False
+) -> jax.Array:
+    """The teacher's code vectors: int [...] -> [..., d] (C', or the raw C when `raw_codebook`)."""
+
+    def lookup(module: VQTokenizer, codes: jax.Array) -> jax.Array:
+        return module.quantizer.lookup(codes, raw_codebook=raw_codebook)
+
+    return teacher.apply({"params": teacher_params}, codes, method=lookup)
+
+
+def decode_embeddings(teacher: VQTokenizer, teacher_params: dict, z: jax.Array) -> jax.Array:
+    """Decodes token embeddings [B, N, L, d] with the teacher's decoder into frames [B, N, L * P].
+
+    `decode_codes(codes)` is `decode_embeddings(code_embeddings(codes))`; this entry point also
+    takes vectors that are not codebook rows (the expected embedding of `forecast_embeddings`).
+    """
+    b, n, length, d = z.shape
+    patches = teacher.apply(
+        {"params": teacher_params}, z.reshape(b * n, length, d), method=VQTokenizer.decode
+    )  # [B*N, L, P]
+    return patches.reshape(b, n, -1)
+
+
+def expected_embedding(probs: jax.Array, class_embeddings: jax.Array) -> jax.Array:
+    """The probability-weighted mean code vector: probs [..., C] @ class vectors [C, d] -> [..., d].
+
+    Full fp32 precision, so a one-hot `probs` gives exactly that class's code vector.
+    """
+    return jnp.einsum("...c,cd->...d", probs, class_embeddings, precision=jax.lax.Precision.HIGHEST)
+
+
+def forecast_embeddings(
+    teacher: VQTokenizer,
+    teacher_params: dict,
+    code_logits: jax.Array,
+    source_codes: jax.Array,
+    class_codes: jax.Array,
+    *,
+    decoding: str,
+    raw_codebook: bool = False,
+) -> jax.Array:
+    """The token embeddings of the forecast window, ready for `decode_embeddings`.
+
+    Source patches: the code vectors of `source_codes` (the student's frozen-codebook codes, F5).
+    Future patches, by `decoding`:
+
+    * "argmax": the code vector of the most likely class (the paper's prediction);
+    * "expected": the expected code vector under the predicted class distribution,
+      softmax(code_logits) @ C'[class_codes]. The decoder then reads the mean of the plausible
+      codes instead of one sampled-looking shape, which lowers the forecast's variance.
+
+    Args:
+        teacher: the pretrained tokenizer module.
+        teacher_params: its 'params'.
+        code_logits: [B, N, Lf, C] class logits of the future patches.
+        source_codes: int [B, N, Ls] codes of the source patches.
+        class_codes: int [C] code of each class (`CodeClasses.class_codes`).
+        decoding: "argmax" | "expected".
+        raw_codebook: use the raw C instead of C' (faithful mode, REFERENCE F1).
+
+    Returns:
+        [B, N, Ls + Lf, d] embeddings.
+
+    Raises:
+        ValueError: an unknown `decoding`.
+    """
+    lookup = functools.partial(code_embeddings, teacher, teacher_params, raw_codebook=raw_codebook)
+    class_codes = jnp.asarray(class_codes, jnp.int32)
+    if decoding == "argmax":
+        pred_classes = jnp.argmax(code_logits, axis=-1)  # [B, N, Lf]
+        future = lookup(jnp.take(class_codes, pred_classes, axis=0))  # [B, N, Lf, d]
+    elif decoding == "expected":
+        probs = jax.nn.softmax(code_logits.astype(jnp.float32), axis=-1)  # [B, N, Lf, C]
+        future = expected_embedding(probs, lookup(class_codes))  # [C, d] -> [B, N, Lf, d]
+    else:
+        raise ValueError(f"config.decoding={decoding!r}: expected one of {DECODINGS}")
+    source = lookup(source_codes)  # [B, N, Ls, d]
+    return jnp.concatenate([source, future.astype(source.dtype)], axis=-2)
 
 
 def effective_codebook(teacher: VQTokenizer, teacher_params: dict) -> np.ndarray:
