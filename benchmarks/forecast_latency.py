@@ -22,28 +22,23 @@ import os
 import sys
 import time
 
-import jax
-import jax.numpy as jnp
-import numpy as np
-
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from benchlib import load_average, xla_flops  # noqa: E402
+
+from quantformer_jax import runtime  # noqa: E402
+
+runtime.tune_host_allocator()  # before jax allocates anything
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
 
 from configs import forecast as forecast_config  # noqa: E402
 from quantformer_jax import inference  # noqa: E402
 from quantformer_jax.models import quantcoder, tokenizer  # noqa: E402
 from quantformer_jax.training import finetune, targets  # noqa: E402
 from quantformer_jax.training import forecast as forecast_task  # noqa: E402
-
-
-def _load() -> str:
-    with open("/proc/loadavg") as f:
-        return " ".join(f.read().split()[:3])
-
-
-def _flops(compiled) -> float:
-    cost = compiled.cost_analysis()
-    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-    return float(cost.get("flops", float("nan")))
 
 
 def _time(fns: dict, args: dict, reps: int) -> dict[str, np.ndarray]:
@@ -107,7 +102,7 @@ def main() -> None:
         x = jnp.concatenate([src, jnp.zeros(src.shape[:2] + (f,), src.dtype)], axis=-1)
         return heads.decode(out, {"x": x}, model_state)["forecast"]
 
-    print(f"device {jax.devices()[0].device_kind}, {os.cpu_count()} cpus, load {_load()}; "
+    print(f"device {jax.devices()[0].device_kind}, {os.cpu_count()} cpus, load {load_average()}; "
           f"d_model {tc.d_model}, heads {tc.num_heads}, layers {tc.num_layers}+{tc.num_layers}, "
           f"d_ff {tc.d_ff}, K {tc.codebook_size}, C {c}, N {n}; chunk_trials "
           f"{args.chunk_trials}")  # fmt: skip
@@ -131,13 +126,13 @@ def main() -> None:
         times = _time(fns, call_args, reps)
         for name, t in times.items():
             if batch == 1:
-                trial_flops[name] = _flops(fns[name])
+                trial_flops[name] = xla_flops(fns[name])
             # XLA counts one iteration of the fast path's loop over trials: scale trial 1's count.
             flops = trial_flops[name] * batch
             med = float(np.median(t))
             print(f"batch {batch:3d} {name:9s}: median {med:8.1f} ms  min {t.min():8.1f} ms "
                   f"({reps} calls)  {flops / 1e9:7.2f} GFLOP = {flops / batch / 1e9:5.2f}/trial  "
-                  f"{flops / 1e6 / med:6.1f} GFLOP/s (median)  load {_load()}")  # fmt: skip
+                  f"{flops / 1e6 / med:6.1f} GFLOP/s (median)  load {load_average()}")  # fmt: skip
         medians[batch] = float(np.median(times["reference" if args.reference_only else "fast"]))
     print(f"forecast_1trial_ms={medians[1]:.1f} forecast_{args.batch}trials_ms="
           f"{medians[args.batch]:.1f}")  # fmt: skip

@@ -9,7 +9,7 @@ beta 1, no weight decay, no scheduler. On the Allen cache:
 
 Without `data.cache_dir` it runs on the simulated Observatory (built on first use).
 Selection: best `val_recon_mse` (unmasked validation windows); final `test_*` metrics.
-Step time at this size (benchmarks/pretrain_step.py, 2 shared CPU cores under load ~7, so
+Step time at this size (benchmarks/tokenizer_step.py, 2 shared CPU cores under load ~7, so
 roughly 3-4x slower than an idle machine): 1.28 s/step at M = 256 rows, 5.2 s at 1024,
 10.4 s at 2048; ~37 s compile per row bucket. Use a GPU (requirements-cuda.txt) for real runs.
 

@@ -34,6 +34,8 @@ from typing import Any
 
 import ml_collections
 
+from quantformer_jax import runtime
+
 STAGES_FILE = "stages.json"
 OBSERVATORY_DIR = "observatory"
 
@@ -300,6 +302,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", default="", help="comma-separated stage names (default all)")
     parser.add_argument("--config", default="configs/demo.py", help="the stage presets file")
     args = parser.parse_args(argv)
+    runtime.tune_host_allocator()  # before jax allocates anything (see runtime.py)
     switch = "runlocal" if args.scale == "runlocal" else f"scale={args.scale}"
     demo = load_config_file(f"{args.config}:{switch}")
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]

@@ -32,6 +32,8 @@ from typing import Any
 import ml_collections
 import numpy as np
 
+from quantformer_jax import runtime
+
 METRICS_FILE = "metrics.json"
 EXAMPLES_FILE = "examples.npz"
 PLOTS_DIR = "plots"
@@ -397,6 +399,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--split", default="test", choices=("train", "val", "test"))
     parser.add_argument("--examples", type=int, default=4, help="forecast examples to plot")
     args = parser.parse_args(argv)
+    runtime.tune_host_allocator()  # before jax allocates anything (see runtime.py)
     payload = evaluate_workdir(args.workdir, args.split, num_examples=args.examples)
     scalars = {k: v for k, v in payload["metrics"].items() if isinstance(v, float | int)}
     shown = {k: round(v, 5) for k, v in sorted(scalars.items())}

@@ -18,6 +18,8 @@ import ml_collections
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from quantformer_jax import runtime
+
 # task -> trainer module (a module with `train_and_evaluate(config, workdir)`).
 # Adding a task is one line here.
 TRAINERS = {
@@ -99,6 +101,7 @@ def parse_flags(argv: list[str]) -> list[str]:
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    runtime.tune_host_allocator()  # before jax allocates anything (see runtime.py)
     from quantformer_jax import parallel  # imports jax: after flag parsing
 
     parallel.initialize_distributed()

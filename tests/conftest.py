@@ -6,6 +6,10 @@ import os
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=4")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
+from quantformer_jax import runtime  # noqa: E402
+
+runtime.tune_host_allocator()  # as every entry point does; before jax allocates
+
 import pytest  # noqa: E402
 
 

@@ -14,7 +14,7 @@ Fidelity to the PyTorch original:
 * The positional table has L + 1 rows initialised U(+-0.02) and is sliced to the tokens present;
   prompt tokens are prepended after the positional encoding and get none.
 
-Speed (benchmarks/forecast_latency.py, benchmarks/pretrain_step.py; CPU numbers in their output):
+Speed (benchmarks/forecast_latency.py, benchmarks/tokenizer_step.py; CPU numbers in their output):
 * Q, K and V are one [d, 3d] GEMM; the variables stay W_Q / W_K / W_V {kernel, bias} as before.
 * GELU is evaluated as torch writes it, x/2 * (1 + erf(x/sqrt 2)): about half the CPU cost of
   the erfc form `jax.nn.gelu(approximate=False)` uses, equal to 1.1e-6 on [-12, 12].

@@ -1,0 +1,64 @@
+"""Process-level tuning of the host memory allocator for XLA:CPU (call once, before jax runs).
+
+Why: XLA:CPU allocates every executable's temporary buffers (hundreds of MB for a training step)
+with malloc at each call. glibc serves allocations above its mmap threshold (at most 32 MB) with
+fresh `mmap`s and unmaps them on free, so every step touches brand-new pages: at the paper's
+pretraining size that is ~158k page faults and ~0.5 s of kernel time per step on the 2-core
+machine (benchmarks/README.md). Keeping large blocks in the heap and never trimming it makes the
+pages stay mapped between steps: no faults, no kernel time, and the same numbers (the allocator
+never changes a result).
+
+Trimming must be off entirely, not just above a large threshold: when two steps' buffers briefly
+coexist (asynchronous dispatch on a busy machine) the free heap top exceeds any fixed threshold and
+glibc returns it, and the faults come back. The cost is that memory freed by the process is kept
+for reuse instead of being returned to the OS (the resident size stays at its peak). Set
+QUANTFORMER_MALLOC_TUNING=0 to opt out.
+
+    from quantformer_jax import runtime
+    runtime.tune_host_allocator()
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import os
+import sys
+
+# glibc mallopt parameters (malloc.h).
+_M_TRIM_THRESHOLD = -1
+_M_MMAP_MAX = -4
+_M_ARENA_MAX = -8
+_NEVER_TRIM = -1  # converted to SIZE_MAX by glibc: never give the heap top back
+ENV_SWITCH = "QUANTFORMER_MALLOC_TUNING"
+
+_applied: bool | None = None
+
+
+def tune_host_allocator() -> bool:
+    """Makes glibc keep freed memory mapped (see module docstring); idempotent.
+
+    Returns:
+        True when the settings were applied (Linux with glibc, not opted out), else False.
+    """
+    global _applied
+    if _applied is not None:
+        return _applied
+    _applied = False
+    if os.environ.get(ENV_SWITCH, "1") == "0" or not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):  # musl or another libc without mallopt
+        return False
+    mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
+    mallopt.restype = ctypes.c_int
+    # No mmap for large blocks: they come from the heap and are reused between steps.
+    ok = mallopt(_M_MMAP_MAX, 0) == 1
+    # Do not give the heap top back to the OS after each step.
+    ok &= mallopt(_M_TRIM_THRESHOLD, _NEVER_TRIM) == 1
+    # One arena: XLA's worker threads otherwise each grow their own heap of step-sized blocks.
+    ok &= mallopt(_M_ARENA_MAX, 1) == 1
+    _applied = bool(ok)
+    return _applied
