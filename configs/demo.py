@@ -73,6 +73,10 @@ def _demo_overrides(name: str) -> dict:
     * QuantFormer forecasting with the unweighted cross-entropy: with the paper's
       inverse-frequency class weights (F4) over ~250 classes the argmax lands on rare,
       high-amplitude codes (test MAE 0.123 vs 0.081, code accuracy 0.001);
+    * QuantFormer forecasting decodes the expected code vector (configs/forecast.py's default
+      `decoding="expected"`), not the argmax code: over the 3 `make compare` seeds the argmax
+      forecast lost to the source-mean forecast on MAE and to the trial average on Pearson r
+      (README "Measured results" has both);
     * 12 finetuning epochs for every trained model: the baselines' validation MSE plateaus after
       ~8 epochs; Crossformer at d_model 32 (the original sweep preset's width), as its
       cross-dimension attention over the neurons is the slowest model on a CPU.
