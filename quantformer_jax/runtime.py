@@ -11,7 +11,10 @@ never changes a result).
 Trimming must be off entirely, not just above a large threshold: when two steps' buffers briefly
 coexist (asynchronous dispatch on a busy machine) the free heap top exceeds any fixed threshold and
 glibc returns it, and the faults come back. The cost is that memory freed by the process is kept
-for reuse instead of being returned to the OS (the resident size stays at its peak). Set
+for reuse instead of being returned to the OS (the resident size stays at its peak).
+
+The heap is also given `HEAP_RESERVE_BYTES` of address space advised for transparent huge pages,
+so the buffers are faulted in 2 MiB at a time (another ~10% on the paper-size step). Set
 QUANTFORMER_MALLOC_TUNING=0 to opt out.
 
     from quantformer_jax import runtime
@@ -29,6 +32,11 @@ import sys
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_MAX = -4
 _M_ARENA_MAX = -8
+_MADV_HUGEPAGE = 14  # linux/mman.h
+_HUGE_PAGE = 2 << 20
+# Heap address space pre-reserved with the huge-page advice. Untouched pages cost no memory: only
+# what a run really uses becomes resident (in 2 MiB pages instead of 4 KiB ones).
+HEAP_RESERVE_BYTES = 8 << 30
 _NEVER_TRIM = -1  # converted to SIZE_MAX by glibc: never give the heap top back
 ENV_SWITCH = "QUANTFORMER_MALLOC_TUNING"
 
@@ -60,5 +68,29 @@ def tune_host_allocator() -> bool:
     ok &= mallopt(_M_TRIM_THRESHOLD, _NEVER_TRIM) == 1
     # One arena: XLA's worker threads otherwise each grow their own heap of step-sized blocks.
     ok &= mallopt(_M_ARENA_MAX, 1) == 1
+    if ok:
+        _reserve_huge_page_heap(libc, HEAP_RESERVE_BYTES)
     _applied = bool(ok)
     return _applied
+
+
+def _reserve_huge_page_heap(libc: ctypes.CDLL, num_bytes: int) -> bool:
+    """Grows the (never trimmed) heap by `num_bytes` of address space advised MADV_HUGEPAGE.
+
+    Transparent huge pages are opt-in ("madvise" mode) on most distributions. Step buffers
+    placed in this range are then faulted in 2 MiB at a time (512x fewer faults, fewer TLB
+    misses), as glibc's `GLIBC_TUNABLES=glibc.malloc.hugetlb=1` would do if set before start-up.
+    Best effort: returns False (and changes nothing else) when the block or the advice is refused.
+    """
+    libc.malloc.argtypes, libc.malloc.restype = (ctypes.c_size_t,), ctypes.c_void_p
+    libc.free.argtypes, libc.free.restype = (ctypes.c_void_p,), None
+    libc.madvise.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
+    libc.madvise.restype = ctypes.c_int
+    block = libc.malloc(num_bytes)  # from the heap (mmap is off): address space, not memory
+    if not block:
+        return False
+    start = -(-block // _HUGE_PAGE) * _HUGE_PAGE
+    length = (block + num_bytes - start) // _HUGE_PAGE * _HUGE_PAGE
+    advised = libc.madvise(start, length, _MADV_HUGEPAGE) == 0
+    libc.free(block)  # back to the heap's free top, which is never trimmed: the advice stays
+    return advised

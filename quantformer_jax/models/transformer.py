@@ -36,6 +36,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from quantformer_jax.models import attention_core, linear
+
 LAYER_NORM_EPS = 1e-5  # torch.nn.LayerNorm default (flax's is 1e-6)
 POS_INIT_RANGE = 0.02  # the original's `pe='zeros'` learned table: U(-0.02, 0.02)
 
@@ -156,34 +158,39 @@ class ResidualAttention(nn.Module):
         m, length, d = x.shape
         if d % self.num_heads:
             raise ValueError(f"d_model={d} is not divisible by num_heads={self.num_heads}")
-        h, dh = self.num_heads, d // self.num_heads
         rows = _query_slice(output_tokens, length)
         (wq, bq), (wk, bk), (wv, bv) = (_DenseParams(d, d, name=n)() for n in ("W_Q", "W_K", "W_V"))
         x = x.astype(self.dtype)
+        dropout = nn.Dropout(self.attn_dropout)
         if rows == slice(0, length):  # one [d, 3d] GEMM instead of three [d, d] ones
             qkv = self._dense(x, jnp.concatenate([wq, wk, wv], 1), jnp.concatenate([bq, bk, bv]))
-            q, kv = qkv[..., :d], qkv[..., d:]
+            if not train or self.attn_dropout == 0:  # the hand-written backward (attention_core)
+                prev = prev_scores
+                if prev is None:
+                    prev = jnp.zeros((m, self.num_heads, length, length), qkv.dtype)
+                out, scores = attention_core.fused_self_attention(
+                    qkv, prev, self.num_heads, self.precision
+                )
+                return self._dense(out, *_DenseParams(d, d, name="to_out")()), scores
+            q, k, v = qkv[..., :d], qkv[..., d : 2 * d], qkv[..., 2 * d :]
         else:  # only the kept positions need queries
             q = self._dense(x[:, rows], wq, bq)
             kv = self._dense(x, jnp.concatenate([wk, wv], 1), jnp.concatenate([bk, bv]))
-        q = q.reshape(m, -1, h, dh)  # [M, Lq, H, dh]
-        k = kv[..., :d].reshape(m, length, h, dh)
-        v = kv[..., d:].reshape(m, length, h, dh)
-        # A constant (the original stores it as a requires_grad=False parameter): not learned.
-        scale = dh**-0.5
-        scores = jnp.einsum("mqhc,mkhc->mhqk", q, k, precision=self.precision) * scale
-        if prev_scores is not None:
-            scores = scores + prev_scores[:, :, rows]
-        weights = jax.nn.softmax(scores.astype(jnp.float32), axis=-1).astype(self.dtype)
-        weights = nn.Dropout(self.attn_dropout)(weights, deterministic=not train)
-        out = jnp.einsum("mhqk,mkhc->mqhc", weights, v, precision=self.precision)
-        out = out.reshape(m, -1, d)  # [M, Lq, H, dh] -> [M, Lq, d]
+            k, v = kv[..., :d], kv[..., d:]
+        out, scores = attention_core.attention(
+            q,
+            k,
+            v,
+            None if prev_scores is None else prev_scores[:, :, rows],
+            self.num_heads,
+            precision=self.precision,
+            weights_fn=lambda w: dropout(w, deterministic=not train),
+        )
         return self._dense(out, *_DenseParams(d, d, name="to_out")()), scores
 
     def _dense(self, x: jax.Array, kernel: jax.Array, bias: jax.Array) -> jax.Array:
-        """x @ kernel + bias in the computation dtype (as nn.Dense)."""
-        y = jnp.matmul(x, kernel.astype(self.dtype), precision=self.precision)
-        return y + bias.astype(self.dtype)
+        """x @ kernel + bias in the computation dtype (as nn.Dense; backward in linear.py)."""
+        return linear.dense(x.astype(self.dtype), kernel, bias, self.precision)
 
 
 class _TSTModule(nn.Module):
@@ -213,6 +220,12 @@ class _TSTModule(nn.Module):
 
     def _dense(self, features: int, fan_in: int, name: str) -> nn.Dense:
         return torch_dense(features, fan_in, dtype=self.dtype, precision=self.precision, name=name)
+
+    def _ff_dense(self, x: jax.Array, features: int, fan_in: int, name: str) -> jax.Array:
+        """`torch_dense(features, fan_in)` applied to x, through linear.dense's backward (the
+        variables are nn.Dense's: `_DenseParams` creates the same ones)."""
+        kernel, bias = _DenseParams(features, fan_in, name=name)()
+        return linear.dense(x.astype(self.dtype), kernel, bias, self.precision)
 
     def _add_positions(self, x: jax.Array, *, train: bool) -> jax.Array:
         """[M, L, d] + the learned positional table W_pos[:L], then embedding dropout."""
@@ -270,10 +283,10 @@ class TSTEncoderLayer(_TSTModule):
         x = x[:, rows] + nn.Dropout(self.dropout)(attn, deterministic=deterministic)
         x = nn.LayerNorm(epsilon=LAYER_NORM_EPS, dtype=self.dtype, name="norm_attn")(x)
 
-        h = self._dense(self.d_ff, self.d_model, "ff_0")(x)
+        h = self._ff_dense(x, self.d_ff, self.d_model, "ff_0")
         h = gelu_exact(h)  # torch's nn.GELU() is the exact erf form
         h = nn.Dropout(self.dropout)(h, deterministic=deterministic)
-        h = self._dense(self.d_model, self.d_ff, "ff_1")(h)
+        h = self._ff_dense(h, self.d_model, self.d_ff, "ff_1")
         x = x + nn.Dropout(self.dropout)(h, deterministic=deterministic)
         x = nn.LayerNorm(epsilon=LAYER_NORM_EPS, dtype=self.dtype, name="norm_ffn")(x)
         return x, scores
