@@ -64,9 +64,13 @@ def main() -> None:
     parser.add_argument("--chunk-trials", type=int, default=inference.DEFAULT_CHUNK_TRIALS)
     parser.add_argument("--no-reference", action="store_true", help="time the fast path only")
     parser.add_argument("--reference-only", action="store_true", help="time the trainer's path")
+    parser.add_argument("--decoding", default=None, help="argmax | expected (default: config's)")
     args = parser.parse_args()
 
     config = forecast_config.get_config()
+    if args.decoding:
+        config.decoding = args.decoding
+    decoding = forecast_task.decoding_of(config)
     n, c = args.neurons, args.classes
     model = quantcoder.from_config(config, num_neurons=n, num_classes=c)
     teacher = tokenizer.VQTokenizer(tokenizer.TokenizerConfig.from_config(config.model))
@@ -87,11 +91,13 @@ def main() -> None:
     )
     fast = inference.make_forecaster(
         model, teacher, variables, teacher_params, classes.class_codes,
-        chunk_trials=args.chunk_trials,
+        decoding=decoding, chunk_trials=args.chunk_trials,
     )  # fmt: skip
 
     heads = forecast_task.Heads(
-        source_frames=s, teacher=forecast_task.Teacher(teacher, classes, teacher_params)
+        source_frames=s,
+        teacher=forecast_task.Teacher(teacher, classes, teacher_params),
+        decoding=decoding,
     )
     model_state = {**{k: v for k, v in variables.items() if k != "params"},
                    finetune.TEACHER: {"params": teacher_params}}  # fmt: skip
@@ -104,8 +110,8 @@ def main() -> None:
 
     print(f"device {jax.devices()[0].device_kind}, {os.cpu_count()} cpus, load {load_average()}; "
           f"d_model {tc.d_model}, heads {tc.num_heads}, layers {tc.num_layers}+{tc.num_layers}, "
-          f"d_ff {tc.d_ff}, K {tc.codebook_size}, C {c}, N {n}; chunk_trials "
-          f"{args.chunk_trials}")  # fmt: skip
+          f"d_ff {tc.d_ff}, K {tc.codebook_size}, C {c}, N {n}; {decoding} decoding; "
+          f"chunk_trials {args.chunk_trials}")  # fmt: skip
     rs = np.random.RandomState(0)
     medians, trial_flops = {}, {}
     for batch, reps in ((1, args.reps), (args.batch, args.reps_batch)):

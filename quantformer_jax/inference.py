@@ -3,9 +3,11 @@
 The computation is the forecasting trainer's prediction (training/forecast.py `Heads.decode`,
 REFERENCE.md 3.2 step 5) with everything that only serves the metrics left out:
 
-    src [B, N, S], stim [B, D] -> QuantCoder (eval) -> argmax code classes of the F/P future
-    patches -> their codes, after the student's frozen-codebook codes of the S/P source patches
-    (F5) -> the pretrained decoder (through C', or the raw C in faithful mode, F1) -> [B, N, F].
+    src [B, N, S], stim [B, D] -> QuantCoder (eval) -> code-class logits of the F/P future
+    patches -> their code vectors (the expected vector softmax @ C'[class codes], or the argmax
+    class's vector: `decoding`), after the code vectors of the student's frozen-codebook codes of
+    the S/P source patches (F5) -> the pretrained decoder (through C', or the raw C in faithful
+    mode, F1) -> [B, N, F].
 
 It reuses the modules themselves (QuantCoder.apply, the teacher's quantizer and decoder), so the
 numbers are the trainer's. Two things make it cheaper than the trainer's path, without changing
@@ -34,6 +36,7 @@ import numpy as np
 
 from quantformer_jax.models.quantcoder import QuantCoder
 from quantformer_jax.models.tokenizer import VQTokenizer
+from quantformer_jax.training import targets
 
 PyTree = Any
 # Trials per loop iteration for large batches: one trial measured fastest (forecast_latency.py).
@@ -63,13 +66,20 @@ def decode_future(
     Returns:
         [B, N, num_future * P] frames.
     """
-    b, n, length = codes.shape
+    z = targets.code_embeddings(teacher, teacher_params, codes, raw_codebook=raw_codebook)
+    return decode_future_embeddings(teacher, teacher_params, z, num_future)
 
-    def decode(module: VQTokenizer, codes: jax.Array) -> jax.Array:
-        z = module.quantizer.lookup(codes, raw_codebook=raw_codebook)  # [M, L, d]
+
+def decode_future_embeddings(
+    teacher: VQTokenizer, teacher_params: PyTree, z: jax.Array, num_future: int
+) -> jax.Array:
+    """`decode_future` from token embeddings z [B, N, L, d] -> [B, N, num_future * P]."""
+    b, n, length, d = z.shape
+
+    def decode(module: VQTokenizer, z: jax.Array) -> jax.Array:
         return module.decoder(z, train=False, output_tokens=slice(length - num_future, length))
 
-    patches = teacher.apply({"params": teacher_params}, codes.reshape(b * n, length), method=decode)
+    patches = teacher.apply({"params": teacher_params}, z.reshape(b * n, length, d), method=decode)
     return patches.reshape(b, n, -1)  # [B*N, Lf, P] -> [B, N, F]
 
 
@@ -82,6 +92,7 @@ def forecast(
     *,
     model: QuantCoder,
     teacher: VQTokenizer,
+    decoding: str = "argmax",
     raw_codebook: bool = False,
     chunk_trials: int | None = DEFAULT_CHUNK_TRIALS,
 ) -> jax.Array:
@@ -95,6 +106,8 @@ def forecast(
         stim: [B, D] stimulus features.
         model: the forecasting QuantCoder.
         teacher: the pretrained tokenizer.
+        decoding: "argmax" | "expected" (targets.forecast_embeddings; a run's is
+            `forecast.decoding_of(config)`).
         raw_codebook: decode through the raw codebook (faithful mode, `config.faithful`).
         chunk_trials: run batches larger than this as a loop over chunks of this many trials
             (None: one pass). Trials are independent, so the result does not depend on it.
@@ -108,7 +121,7 @@ def forecast(
     b = src.shape[0]
     one = functools.partial(
         _forecast_batch, variables, teacher_params, jnp.asarray(class_codes, jnp.int32),
-        model=model, teacher=teacher, raw_codebook=raw_codebook,
+        model=model, teacher=teacher, decoding=decoding, raw_codebook=raw_codebook,
     )  # fmt: skip
     if not chunk_trials or b <= chunk_trials:
         return one(src, stim)
@@ -129,16 +142,16 @@ def _forecast_batch(
     *,
     model: QuantCoder,
     teacher: VQTokenizer,
+    decoding: str,
     raw_codebook: bool,
 ) -> jax.Array:
     """`forecast` of one chunk: [c, N, S], [c, D] -> [c, N, F]."""
     out = model.apply(variables, {"src": src, "stim": stim}, train=False)
-    pred_classes = jnp.argmax(out["code_logits"], axis=-1)  # [B, N, F/P]
-    pred_codes = jnp.take(class_codes, pred_classes, axis=0)
-    codes = jnp.concatenate([out["source_codes"], pred_codes], axis=-1)  # [B, N, L]
-    return decode_future(
-        teacher, teacher_params, codes, pred_codes.shape[-1], raw_codebook=raw_codebook
-    )
+    z = targets.forecast_embeddings(
+        teacher, teacher_params, out["code_logits"], out["source_codes"], class_codes,
+        decoding=decoding, raw_codebook=raw_codebook,
+    )  # [B, N, L, d]  # fmt: skip
+    return decode_future_embeddings(teacher, teacher_params, z, out["code_logits"].shape[-2])
 
 
 def make_forecaster(
@@ -148,6 +161,7 @@ def make_forecaster(
     teacher_params: PyTree,
     class_codes: np.ndarray | jax.Array,
     *,
+    decoding: str = "argmax",
     raw_codebook: bool = False,
     chunk_trials: int | None = DEFAULT_CHUNK_TRIALS,
 ) -> Forecaster:
@@ -161,8 +175,8 @@ def make_forecaster(
     """
     fn = jax.jit(
         functools.partial(
-            forecast, model=model, teacher=teacher, raw_codebook=raw_codebook,
-            chunk_trials=chunk_trials,
+            forecast, model=model, teacher=teacher, decoding=decoding,
+            raw_codebook=raw_codebook, chunk_trials=chunk_trials,
         )
     )  # fmt: skip
     return Forecaster(fn, (variables, teacher_params, jnp.asarray(class_codes, jnp.int32)))
@@ -219,6 +233,7 @@ def forecaster_from_workdir(
         variables,
         state.model_state[finetune.TEACHER]["params"],
         teacher.classes.class_codes,
+        decoding=forecast_task.decoding_of(config),
         raw_codebook=bool(config.faithful),
         chunk_trials=chunk_trials,
     )

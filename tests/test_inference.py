@@ -51,13 +51,14 @@ def setup():
     return model, teacher, variables, teacher_params, classes
 
 
-def _trainer_forecast(setup, src, stim, faithful):
+def _trainer_forecast(setup, src, stim, faithful, decoding):
     """The forecasting trainer's prediction: `Heads.decode(...)["forecast"]`."""
     model, teacher, variables, teacher_params, classes = setup
     heads = forecast_task.Heads(
         source_frames=S,
         teacher=forecast_task.Teacher(teacher, classes, teacher_params),
         faithful=faithful,
+        decoding=decoding,
     )
     model_state = {"frozen": variables["frozen"], finetune.TEACHER: {"params": teacher_params}}
 
@@ -72,19 +73,36 @@ def _trainer_forecast(setup, src, stim, faithful):
 
 
 # chunk_trials=2 with 3 trials runs the padded per-chunk loop; None runs one pass.
-@pytest.mark.parametrize("faithful, chunk", [(False, None), (True, 2)])
-def test_fast_forecast_equals_the_trainers_prediction(setup, faithful, chunk):
+@pytest.mark.parametrize(
+    "faithful, chunk, decoding",
+    [(False, None, "expected"), (False, 2, "argmax"), (True, 2, "argmax")],
+)
+def test_fast_forecast_equals_the_trainers_prediction(setup, faithful, chunk, decoding):
     model, teacher, variables, teacher_params, classes = setup
     src, stim = _normal((3, N, S), 3), _normal((3, 4), 4)
-    expected = _trainer_forecast(setup, src, stim, faithful)
+    expected = _trainer_forecast(setup, src, stim, faithful, decoding)
     fast = inference.make_forecaster(
         model, teacher, variables, teacher_params, classes.class_codes,
-        raw_codebook=faithful, chunk_trials=chunk,
+        decoding=decoding, raw_codebook=faithful, chunk_trials=chunk,
     )  # fmt: skip
     got = np.asarray(fast(src, stim))
     assert got.shape == (3, N, F)
     np.testing.assert_allclose(got, expected, atol=1e-5)
     assert np.abs(expected).max() > 1e-2  # a real forecast, not zeros
+
+
+def test_expected_and_argmax_decoding_differ(setup):
+    # The option reaches the computation (a forecaster ignoring it would pass the test above
+    # only if both trainer paths agreed, which this rules out).
+    model, teacher, variables, teacher_params, classes = setup
+    src, stim = _normal((2, N, S), 11), _normal((2, 4), 12)
+    outs = [
+        np.asarray(inference.make_forecaster(
+            model, teacher, variables, teacher_params, classes.class_codes, decoding=d,
+        )(src, stim))
+        for d in ("argmax", "expected")
+    ]  # fmt: skip
+    assert np.abs(outs[0] - outs[1]).max() > 1e-4
 
 
 def test_decode_future_equals_full_decoding_sliced(setup):
