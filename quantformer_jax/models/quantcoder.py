@@ -203,8 +203,12 @@ class QuantCoder(nn.Module):
         future = jnp.zeros((b * n, c.forecast_frames), src.dtype)
         window = jnp.concatenate([src.reshape(b * n, s), future], axis=1)  # [B*N, T]
         patches = masking.patchify(window, p)  # [B*N, L, P]
-        h = self.encoder(patches, prompts, train=train)
-        z_e = h[:, n_prompts:]  # [B*N, L, d] continuous outputs, prompts stripped
+        # The prompts' outputs are never read: in eval (the real-time path) the last encoder
+        # layer skips them (same values). Training keeps all rows for the fused attention
+        # backward, which is cheaper than what skipping two rows would save.
+        keep = None if train else slice(n_prompts, None)
+        h = self.encoder(patches, prompts, train=train, output_tokens=keep)
+        z_e = h if keep is not None else h[:, n_prompts:]  # [B*N, L, d], prompts stripped
         ls = c.source_patches
         z_future = self.head_dropout(z_e[:, ls:], deterministic=not train)
         logits = self.head(z_future).astype(jnp.float32)  # [B*N, F/P, C]
