@@ -84,7 +84,13 @@ def _demo_overrides(name: str) -> dict:
     train = {"training.log_every_steps": 10, "training.checkpoint_every_steps": 200}
     epochs = {"training.num_epochs": 12, "optimizer.learning_rate": 5e-4}
     if name == "pretrain":
-        return {**train, "model.codebook_size": 64, "training.num_epochs": 6,
+        # The `:cpu` preset's schedule before it moved to the paper's width and all-row batches
+        # (pinned: the measured demo and `make compare` figures, and the forecaster's encoder
+        # width, come from this tokenizer).
+        width = {"model.d_model": 64, "model.num_heads": 4, "model.d_ff": 256,
+                 "data.balance_pretraining": True, "training.batch_size": 32,
+                 "data.row_buckets": (256, 512, 1024, 2048, 4096)}  # fmt: skip
+        return {**train, **width, "model.codebook_size": 64, "training.num_epochs": 6,
                 "training.eval_every_epochs": 2}  # fmt: skip
     if name == "quantformer_forecast":
         # The QuantCoder encoder is the pretrained tokenizer's (demo.py copies `model`).
