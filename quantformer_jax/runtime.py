@@ -14,7 +14,8 @@ glibc returns it, and the faults come back. The cost is that memory freed by the
 for reuse instead of being returned to the OS (the resident size stays at its peak).
 
 The heap is also given `HEAP_RESERVE_BYTES` of address space advised for transparent huge pages,
-so the buffers are faulted in 2 MiB at a time (another ~10% on the paper-size step). Set
+so the buffers are faulted in 2 MiB at a time (another ~10% on the paper-size step);
+QUANTFORMER_HUGE_PAGES=0 keeps the rest of the tuning but skips this. Set
 QUANTFORMER_MALLOC_TUNING=0 to opt out.
 
     from quantformer_jax import runtime
@@ -39,6 +40,7 @@ _HUGE_PAGE = 2 << 20
 HEAP_RESERVE_BYTES = 8 << 30
 _NEVER_TRIM = -1  # converted to SIZE_MAX by glibc: never give the heap top back
 ENV_SWITCH = "QUANTFORMER_MALLOC_TUNING"
+HUGE_PAGES_SWITCH = "QUANTFORMER_HUGE_PAGES"  # =0: tune the allocator but skip the huge pages
 
 _applied: bool | None = None
 
@@ -68,7 +70,7 @@ def tune_host_allocator() -> bool:
     ok &= mallopt(_M_TRIM_THRESHOLD, _NEVER_TRIM) == 1
     # One arena: XLA's worker threads otherwise each grow their own heap of step-sized blocks.
     ok &= mallopt(_M_ARENA_MAX, 1) == 1
-    if ok:
+    if ok and os.environ.get(HUGE_PAGES_SWITCH, "1") != "0":
         _reserve_huge_page_heap(libc, HEAP_RESERVE_BYTES)
     _applied = bool(ok)
     return _applied
