@@ -26,12 +26,11 @@ from configs import common
 
 # Measured stage times of `make demo`.
 DEMO_TIMES = """
-Measured 2026-11-25, scale=demo, seed 0, on the shared 2-core dev machine (load average 3-7 from
-other jobs, so pessimistic), wall seconds: observatory 11, pretrain 230, quantformer_forecast 288,
-quantformer_classify 100, informer 123 + 91, autoformer 80 + 27, crossformer 134 + 122,
-lstm 19 + 162, naive models 15 in all: 1400 s (23.3 min) without installation.
-`make compare` (3 seeds) runs the 15 training stages three times: ~3 x 23 min on that machine,
-less the compilation the shared cache saves (not measured).
+Measured 2026-11-25 (fresh clone, idle 2-core machine), scale=demo, seed 0, wall seconds:
+install 62, observatory 6, pretrain 149, quantformer_forecast 117, quantformer_classify 60,
+informer 99 + 88, autoformer 75 + 34, crossformer 312 + 72, lstm 28 + 135, naive models 14:
+1251 s (20.9 min) in all. (Crossformer forecasting took ~130 s when run alone.)
+`make compare` (3 seeds) runs the 15 training stages three times: ~3 x 20 min.
 """
 
 # name -> (config file with switches, pretraining stage to start from, table task)
