@@ -16,7 +16,6 @@ import time
 import jax
 import numpy as np
 import pytest
-from jax.experimental.compilation_cache import compilation_cache
 from tensorboard.backend.event_processing import event_accumulator
 
 from configs import pretrain as pretrain_config
@@ -24,19 +23,6 @@ from quantformer_jax import checkpointing, metric_writer, parallel
 from quantformer_jax.training import pretrain
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-@pytest.fixture(scope="module")
-def jax_cache(tmp_path_factory):
-    """A persistent compilation cache shared with the subprocesses (compiles dominate here)."""
-    path = str(tmp_path_factory.mktemp("jax_cache"))
-    previous = jax.config.jax_compilation_cache_dir
-    jax.config.update("jax_compilation_cache_dir", path)
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
-    compilation_cache.reset_cache()
-    yield path
-    jax.config.update("jax_compilation_cache_dir", previous)
-    compilation_cache.reset_cache()
 
 
 def _config(observatory, **training):
