@@ -67,20 +67,7 @@ def decode_future(
         [B, N, num_future * P] frames.
     """
     z = targets.code_embeddings(teacher, teacher_params, codes, raw_codebook=raw_codebook)
-    return decode_future_embeddings(teacher, teacher_params, z, num_future)
-
-
-def decode_future_embeddings(
-    teacher: VQTokenizer, teacher_params: PyTree, z: jax.Array, num_future: int
-) -> jax.Array:
-    """`decode_future` from token embeddings z [B, N, L, d] -> [B, N, num_future * P]."""
-    b, n, length, d = z.shape
-
-    def decode(module: VQTokenizer, z: jax.Array) -> jax.Array:
-        return module.decoder(z, train=False, output_tokens=slice(length - num_future, length))
-
-    patches = teacher.apply({"params": teacher_params}, z.reshape(b * n, length, d), method=decode)
-    return patches.reshape(b, n, -1)  # [B*N, Lf, P] -> [B, N, F]
+    return targets.decode_embeddings(teacher, teacher_params, z, num_future=num_future)
 
 
 def forecast(
@@ -151,7 +138,8 @@ def _forecast_batch(
         teacher, teacher_params, out["code_logits"], out["source_codes"], class_codes,
         decoding=decoding, raw_codebook=raw_codebook,
     )  # [B, N, L, d]  # fmt: skip
-    return decode_future_embeddings(teacher, teacher_params, z, out["code_logits"].shape[-2])
+    num_future = out["code_logits"].shape[-2]
+    return targets.decode_embeddings(teacher, teacher_params, z, num_future=num_future)
 
 
 def make_forecaster(

@@ -163,9 +163,7 @@ def decoding_of(config: ml_collections.ConfigDict) -> str:
     Raises:
         ValueError: `config.decoding` is not one of targets.DECODINGS.
     """
-    decoding = str(config.get("decoding", "argmax"))
-    if decoding not in targets.DECODINGS:
-        raise ValueError(f"config.decoding={decoding!r}: expected one of {targets.DECODINGS}")
+    decoding = targets.check_decoding(str(config.get("decoding", "argmax")))
     if config.faithful and decoding != "argmax":
         logging.info("config.faithful: decoding the argmax class as the original, not %r", decoding)
         return "argmax"
@@ -188,10 +186,7 @@ class Heads:
     decoding: str = "argmax"
 
     def __post_init__(self):
-        if self.decoding not in targets.DECODINGS:
-            raise ValueError(
-                f"config.decoding={self.decoding!r}: expected one of {targets.DECODINGS}"
-            )
+        targets.check_decoding(self.decoding)
         if self.faithful and self.decoding != "argmax":
             raise ValueError(
                 f"config.faithful decodes the argmax class (the original's prediction), not "

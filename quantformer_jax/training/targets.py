@@ -36,6 +36,13 @@ from quantformer_jax.models.tokenizer import VQTokenizer
 DECODINGS = ("argmax", "expected")
 
 
+def check_decoding(decoding: str) -> str:
+    """`decoding` if it is one of DECODINGS, else a ValueError naming `config.decoding`."""
+    if decoding not in DECODINGS:
+        raise ValueError(f"config.decoding={decoding!r}: expected one of {DECODINGS}")
+    return decoding
+
+
 @dataclasses.dataclass(frozen=True)
 class CodeClasses:
     """The code <-> class mapping built from the teacher's train-split codes.
@@ -173,14 +180,8 @@ def decode_codes(
 
     `raw_codebook` looks up the raw C instead of C' (the original's F1 bug, faithful mode only).
     """
-    b, n, length = codes.shape
-    patches = teacher.apply(
-        {"params": teacher_params},
-        codes.reshape(b * n, length),
-        raw_codebook=raw_codebook,
-        method=VQTokenizer.decode_codes,
-    )  # [B*N, L, P]
-    return patches.reshape(b, n, -1)
+    z = code_embeddings(teacher, teacher_params, codes, raw_codebook=raw_codebook)
+    return decode_embeddings(teacher, teacher_params, z)
 
 
 def code_embeddings(
@@ -194,16 +195,26 @@ def code_embeddings(
     return teacher.apply({"params": teacher_params}, codes, method=lookup)
 
 
-def decode_embeddings(teacher: VQTokenizer, teacher_params: dict, z: jax.Array) -> jax.Array:
+def decode_embeddings(
+    teacher: VQTokenizer, teacher_params: dict, z: jax.Array, *, num_future: int | None = None
+) -> jax.Array:
     """Decodes token embeddings [B, N, L, d] with the teacher's decoder into frames [B, N, L * P].
 
     `decode_codes(codes)` is `decode_embeddings(code_embeddings(codes))`; this entry point also
     takes vectors that are not codebook rows (the expected embedding of `forecast_embeddings`).
+    With `num_future`, only the last `num_future` patches are decoded ([B, N, num_future * P]):
+    the same values (the decoder is bidirectional, so every token is still read), but its last
+    layer skips the other positions (the real-time path, inference.py).
     """
     b, n, length, d = z.shape
+    keep = None if num_future is None else slice(length - num_future, length)
+
+    def decode(module: VQTokenizer, z: jax.Array) -> jax.Array:
+        return module.decoder(z, train=False, output_tokens=keep)
+
     patches = teacher.apply(
-        {"params": teacher_params}, z.reshape(b * n, length, d), method=VQTokenizer.decode
-    )  # [B*N, L, P]
+        {"params": teacher_params}, z.reshape(b * n, length, d), method=decode
+    )  # [B*N, L or num_future, P]
     return patches.reshape(b, n, -1)
 
 
@@ -259,7 +270,7 @@ def forecast_embeddings(
         probs = jax.nn.softmax(code_logits.astype(jnp.float32), axis=-1)  # [B, N, Lf, C]
         future = expected_embedding(probs, lookup(class_codes))  # [C, d] -> [B, N, Lf, d]
     else:
-        raise ValueError(f"config.decoding={decoding!r}: expected one of {DECODINGS}")
+        check_decoding(decoding)
     source = lookup(source_codes)  # [B, N, Ls, d]
     return jnp.concatenate([source, future.astype(source.dtype)], axis=-2)
 
