@@ -81,3 +81,26 @@ def test_run_skips_finished_stages_and_isolates_failures(tmp_path, monkeypatch, 
     assert calls == ["pretrain"]
     assert "persistence            done earlier: test mae=0.1000" in capsys.readouterr().out
     assert json.load(open(os.path.join(root, demo.STAGES_FILE)))["pretrain"]["runs"] == 2
+
+
+def test_isolated_stages_run_in_child_processes(tmp_path, monkeypatch, capsys, mini_observatory):
+    """The CLI's default: each stage in a fresh process; its result and its failure come back."""
+    presets = demo.load_config_file("configs/demo.py:runlocal")
+    monkeypatch.setattr(demo, "build_observatory", lambda presets, root: str(mini_observatory))
+    root = str(tmp_path / "ok")
+    assert demo.run(root, presets, [0], ["persistence"], isolate=True)
+    payload = json.load(open(os.path.join(root, "persistence", evaluate.METRICS_FILE)))
+    assert payload["task"] == "forecast" and payload["metrics"]["mae"] > 0
+    assert "persistence            done in" in capsys.readouterr().out
+    assert "Experiment" in open(os.path.join(root, "persistence", "log.txt")).read()  # child's log
+
+    missing = str(tmp_path / "no_observatory")
+    monkeypatch.setattr(demo, "build_observatory", lambda presets, root: missing)
+    bad = str(tmp_path / "bad")
+    assert not demo.run(bad, presets, [0], ["persistence"], isolate=True)
+    out = capsys.readouterr().out
+    assert "persistence            FAILED" in out and "exit code 0" in out
+    log = open(os.path.join(bad, "persistence", "log.txt")).read()
+    assert "Traceback" in log and "no_observatory" in log
+    stages = json.load(open(os.path.join(bad, demo.STAGES_FILE)))
+    assert stages["persistence"]["status"] == "failed"
