@@ -26,11 +26,11 @@ from configs import common
 
 # Measured stage times of `make demo`.
 DEMO_TIMES = """
-Measured 2026-11-25 (fresh clone, idle 2-core machine), scale=demo, seed 0, wall seconds:
-install 62, observatory 6, pretrain 149, quantformer_forecast 117, quantformer_classify 60,
-informer 99 + 88, autoformer 75 + 34, crossformer 312 + 72, lstm 28 + 135, naive models 14:
-1251 s (20.9 min) in all. (Crossformer forecasting took ~130 s when run alone.)
-`make compare` (3 seeds) runs the 15 training stages three times: ~3 x 20 min.
+Measured 2026-11-25 (fresh clone, 2-core machine; each stage in its own process), scale=demo,
+seed 0, wall seconds: install 59, observatory 4, pretrain 175, quantformer_forecast 87,
+quantformer_classify 53, informer 72 + 77, autoformer 65 + 28, crossformer 167 + 151,
+lstm 29 + 122, naive models 23: 1120 s (18.7 min) in all.
+`make compare` (3 seeds) runs the 15 training stages three times: ~3 x 18 min.
 """
 
 # name -> (config file with switches, pretraining stage to start from, table task)
