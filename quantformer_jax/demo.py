@@ -12,13 +12,11 @@ Each stage trains through the trainers' `train_and_evaluate` (the same code path
 `python -m quantformer_jax.main`; the equivalent command is written to `<stage>/command.txt`, its
 full log to `<stage>/log.txt`), each in a fresh child process (`--in-process` runs them all in
 this one): each stage starts from a fresh heap, JAX caches and thread pools, and a stage killed
-by the OS (e.g. out of memory) is recorded as failed instead of ending the demo. (An in-process
-demo run just before the isolated one took 25m41s against 18m41s, every stage 1.1-1.7x as long;
-single stages measured in-process later ran as fast as isolated ones, so the machine's varying
-load may explain part of it.) A stage is finished when its workdir holds `metrics.json`;
-finished stages are skipped, an interrupted one resumes from its latest checkpoint. Several seeds
-(`make compare`) go to `<workdir>/seed<k>/<stage>` and share one Observatory; the report then
-gives mean +- standard deviation over seeds.
+by the OS (e.g. out of memory) is recorded as failed instead of ending the demo (README
+"Measured results" compares the wall times). A stage is finished when its workdir holds
+`metrics.json`; finished stages are skipped, an interrupted one resumes from its latest
+checkpoint. Several seeds (`make compare`) go to `<workdir>/seed<k>/<stage>` and share one
+Observatory; the report then gives mean +- standard deviation over seeds.
 Compiled programs are cached in `<workdir>/.jax_cache`, so a resumed run or a second seed does
 not compile again.
 """
