@@ -12,7 +12,10 @@ def load_average() -> str:
 
 
 def xla_flops(compiled: Any) -> float:
-    """FLOPs XLA's cost analysis counts for a compiled function (nan if it reports none)."""
+    """FLOPs XLA's cost analysis counts for a compiled (or lowered) function (nan if none).
+
+    A loop body (`lax.scan`) is counted once, whatever its trip count.
+    """
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
     return float(cost.get("flops", float("nan")))

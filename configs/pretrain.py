@@ -52,6 +52,9 @@ def get_config(arg: str | None = None):
     config.optimizer.weight_decay = 0.0
     config.training.eval_every_epochs = 1
     config.training.checkpoint_every_steps = 1000
+    # Forward + backward in chunks of this many rows, gradients summed: the same update with a
+    # cache-sized working set (training/accumulation.py; 0 = the whole batch at once).
+    config.training.chunk_rows = 256
 
     if arg.cpu:
         # The paper's model (d 128, 8 heads, 2 + 2 layers, d_ff 512, K 512) on the mini
@@ -71,6 +74,7 @@ def get_config(arg: str | None = None):
     if arg.runlocal:
         config.data.simulated_size = "mini"
         config.data.row_buckets = (256,)  # one shape: train and eval compile once each
+        config.training.chunk_rows = 64  # 4 chunks: every runlocal test runs the chunked step
         config.model.d_model = 16
         config.model.num_heads = 2
         config.model.num_layers = 1

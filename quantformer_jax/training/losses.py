@@ -12,10 +12,21 @@ import jax.numpy as jnp
 IGNORE_INDEX = -100  # torch's ignore_index convention, used for non-target patch positions
 
 
-def _weighted_mean(values: jax.Array, weights: jax.Array) -> jax.Array:
-    """sum(values * weights) / max(sum(weights), 1), with `weights` broadcast to `values`."""
+def _weighted_mean(
+    values: jax.Array, weights: jax.Array, denominator: jax.Array | None = None
+) -> jax.Array:
+    """sum(values * weights) / max(sum(weights), 1), with `weights` broadcast to `values`.
+
+    `denominator` replaces max(sum(weights), 1) (a whole batch's, when `values` is a chunk).
+    """
     weights = jnp.broadcast_to(weights.astype(jnp.float32), values.shape)
-    return jnp.sum(values * weights) / jnp.maximum(jnp.sum(weights), 1.0)
+    if denominator is None:
+        denominator = _denominator(weights)
+    return jnp.sum(values * weights) / denominator
+
+
+def _denominator(weights: jax.Array) -> jax.Array:
+    return jnp.maximum(jnp.sum(weights), 1.0)
 
 
 def _row_weights(row_valid: jax.Array | None, num_rows: int, ndim: int) -> jax.Array:
@@ -43,6 +54,7 @@ def tokenizer_losses(
     *,
     beta: float,
     vq_loss: str = "reference",
+    denominators: dict[str, jax.Array] | None = None,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """QuantFormer pretraining loss (REFERENCE.md section 2.5).
 
@@ -62,6 +74,9 @@ def tokenizer_losses(
         row_valid: bool [M] (padded rows ignored) or None.
         beta: commitment weight (config.model.beta, 1.0).
         vq_loss: 'reference' | 'textbook'.
+        denominators: `tokenizer_loss_denominators` of the whole batch when these rows are one
+            chunk of it (training/accumulation.py): the terms are then this chunk's share and
+            add up over chunks to the whole batch's. None = these rows are the batch.
 
     Returns:
         (total, dict(loss, recon_loss, masked_recon_loss, vq_loss, commit_loss)).
@@ -69,13 +84,18 @@ def tokenizer_losses(
     recon = outputs["recon"].astype(jnp.float32)
     m = patches.shape[0]
     rows3 = _row_weights(row_valid, m, 3)
+    den = denominators or tokenizer_loss_denominators(
+        patches, mask, row_valid, outputs["z_e"].shape[-1]
+    )
     sq = jnp.square(recon - patches.astype(jnp.float32))  # [M, L, P]
-    loss_recon = _weighted_mean(sq, rows3)
+    loss_recon = _weighted_mean(sq, rows3, den["recon"])
     if mask is None:
         loss_masked = jnp.zeros((), jnp.float32)
     else:
         per_patch = jnp.mean(sq, axis=-1)  # [M, L]
-        loss_masked = _weighted_mean(per_patch, mask.astype(jnp.float32) * rows3[..., 0])
+        loss_masked = _weighted_mean(
+            per_patch, mask.astype(jnp.float32) * rows3[..., 0], den["masked"]
+        )
 
     sg = jax.lax.stop_gradient
     z_e = outputs["z_e"].astype(jnp.float32)
@@ -85,8 +105,8 @@ def tokenizer_losses(
         z_q = outputs["z_q_raw"].astype(jnp.float32)
     else:
         raise ValueError(f"config.model.vq_loss={vq_loss!r}: expected reference | textbook")
-    loss_vq = _weighted_mean(jnp.square(z_q - sg(z_e)), rows3)
-    loss_commit = _weighted_mean(jnp.square(z_e - sg(z_q)), rows3)
+    loss_vq = _weighted_mean(jnp.square(z_q - sg(z_e)), rows3, den["latent"])
+    loss_commit = _weighted_mean(jnp.square(z_e - sg(z_q)), rows3, den["latent"])
 
     total = loss_recon + loss_vq + beta * loss_commit + loss_masked
     terms = {
@@ -97,6 +117,26 @@ def tokenizer_losses(
         "commit_loss": loss_commit,
     }
     return total, terms
+
+
+def tokenizer_loss_denominators(
+    patches: jax.Array, mask: jax.Array | None, row_valid: jax.Array | None, d_model: int
+) -> dict[str, jax.Array]:
+    """What each `tokenizer_losses` term divides by, for the batch of `patches` [M, L, P].
+
+    recon: valid rows x L x P values; masked: masked patches of valid rows; latent (vq and
+    commit): valid rows x L x d_model values. Each is at least 1 (an empty batch gives 0 loss).
+    """
+    m, length, patch_len = patches.shape
+    rows = _row_weights(row_valid, m, 2)  # [M, 1]
+    per_row = jnp.sum(rows)
+    out = {
+        "recon": jnp.maximum(per_row * (length * patch_len), 1.0),
+        "latent": jnp.maximum(per_row * (length * d_model), 1.0),
+    }
+    if mask is not None:
+        out["masked"] = _denominator(mask.astype(jnp.float32) * rows)
+    return out
 
 
 def focal_loss(

@@ -33,7 +33,7 @@ from quantformer_jax import checkpointing, metrics, parallel
 from quantformer_jax.data import datasets, pipeline
 from quantformer_jax.metric_writer import MetricWriter, figure_to_image
 from quantformer_jax.models import masking, tokenizer, vector_quantizer
-from quantformer_jax.training import loop, losses, optimizers
+from quantformer_jax.training import accumulation, loop, losses, optimizers
 from quantformer_jax.training.train_state import TrainState, norm_metrics, split_variables
 
 SELECTION_METRIC = "val_recon_mse"
@@ -103,6 +103,7 @@ def train_step(
     tx: Any,
     settings: LossSettings,
     learning_rate_fn: Any,
+    chunk_rows: int = 0,
     axis_name: str | None = None,
 ) -> tuple[TrainState, dict[str, Any]]:
     """One masked-autoencoding update, then dead-code replacement (pure; jit or pmap).
@@ -115,6 +116,8 @@ def train_step(
         tx: the optimizer.
         settings: mask ratio/kind, beta and VQ-loss variant.
         learning_rate_fn: step -> learning rate (logged).
+        chunk_rows: >0: forward + backward over chunks of about this many rows, gradients
+            summed (`config.training.chunk_rows`, training/accumulation.py); 0 = all at once.
         axis_name: the pmap axis, None when the step sees the global batch.
 
     Returns:
@@ -126,15 +129,26 @@ def train_step(
     patches = masking.patchify(batch["x"], config.patch_len)  # [M, T] -> [M, L, P]
     mask = _patch_mask(keys["mask"], patches, settings, axis_name)  # [M, L] True = masked
 
-    def loss_fn(params):
-        variables = {"params": params, **state.model_state}
-        out = model.apply(variables, patches, mask, train=True, rngs={"dropout": keys["dropout"]})
-        total, terms = losses.tokenizer_losses(
-            out, patches, mask, row_valid, beta=settings.beta, vq_loss=settings.vq_loss
-        )
-        return total, (terms, out)
+    den = losses.tokenizer_loss_denominators(patches, mask, row_valid, config.d_model)
+    chunks = accumulation.num_chunks(patches.shape[0], chunk_rows)
 
-    (_, (terms, out)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    def loss_fn(params, rows, index):
+        variables = {"params": params, **state.model_state}
+        # One chunk: the step's key itself, so chunk_rows=0 draws the same dropout as before.
+        dropout_key = keys["dropout"] if chunks == 1 else jax.random.fold_in(keys["dropout"], index)
+        out = model.apply(
+            variables, rows["patches"], rows["mask"], train=True, rngs={"dropout": dropout_key}
+        )
+        total, terms = losses.tokenizer_losses(
+            out, rows["patches"], rows["mask"], rows["row_valid"], beta=settings.beta,
+            vq_loss=settings.vq_loss, denominators=den,
+        )  # fmt: skip
+        return total, (terms, {k: out[k] for k in ("z_e", "codes", "recon")})
+
+    inputs = {"patches": patches, "mask": mask, "row_valid": row_valid}
+    _, grads, terms, out = accumulation.chunked_value_and_grad(
+        loss_fn, state.params, inputs, chunks
+    )
     # Every loss term is a mean over valid rows (fixed tokens per row): row-weighting the device
     # means gives the global mean exactly.
     grads, terms = parallel.weighted_mean((grads, terms), jnp.sum(row_valid), axis_name)
@@ -360,6 +374,7 @@ def make_task(
             tx=tx,
             settings=settings,
             learning_rate_fn=optimizers.learning_rate_fn(config.optimizer),
+            chunk_rows=config.training.chunk_rows,
         ),
         eval_step=functools.partial(eval_step, model=model, settings=settings),
         train_batches=train_batches,
