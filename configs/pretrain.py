@@ -53,8 +53,9 @@ def get_config(arg: str | None = None):
     config.training.eval_every_epochs = 1
     config.training.checkpoint_every_steps = 1000
     # Forward + backward in chunks of this many rows, gradients summed: the same update with a
-    # cache-sized working set (training/accumulation.py; 0 = the whole batch at once).
-    config.training.chunk_rows = 256
+    # cache-sized working set (training/accumulation.py). 0 = the whole batch at once; -1 = auto:
+    # 256-row chunks on CPU, one pass on GPU/TPU.
+    config.training.chunk_rows = -1
 
     if arg.cpu:
         # The paper's model (d 128, 8 heads, 2 + 2 layers, d_ff 512, K 512) on the mini

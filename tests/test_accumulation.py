@@ -85,3 +85,12 @@ def test_chunked_pretraining_step_equals_the_unchunked_step():
     np.testing.assert_array_equal(*counts)
     for a, b in zip(jax.tree.leaves(state.params), jax.tree.leaves(ref_state.params), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_auto_chunk_rows_chunks_on_cpu_only():
+    assert accumulation.resolve_chunk_rows(-1, "cpu") == accumulation.CPU_CHUNK_ROWS
+    assert accumulation.resolve_chunk_rows(-1, "gpu") == 0
+    assert accumulation.resolve_chunk_rows(128, "gpu") == 128
+    assert accumulation.resolve_chunk_rows(0, "cpu") == 0
+    with pytest.raises(ValueError, match="config.training.chunk_rows=-3"):
+        accumulation.resolve_chunk_rows(-3)

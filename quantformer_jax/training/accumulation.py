@@ -20,6 +20,26 @@ import jax
 import jax.numpy as jnp
 
 PyTree = Any
+AUTO = -1  # config.training.chunk_rows = -1: CPU_CHUNK_ROWS on CPU, no chunking on accelerators
+CPU_CHUNK_ROWS = 256  # ~2.5k tokens: 5 MB of feed-forward activations per chunk
+
+
+def resolve_chunk_rows(chunk_rows: int, backend: str | None = None) -> int:
+    """`config.training.chunk_rows` as a row count: AUTO becomes `CPU_CHUNK_ROWS` on the CPU
+    backend and 0 (one pass) on GPUs and TPUs, whose throughput needs the whole batch at once.
+
+    Raises:
+        ValueError: a negative value other than AUTO.
+    """
+    if chunk_rows == AUTO:
+        backend = backend or jax.default_backend()
+        return CPU_CHUNK_ROWS if backend == "cpu" else 0
+    if chunk_rows < 0:
+        raise ValueError(
+            f"config.training.chunk_rows={chunk_rows}: expected rows per chunk (> 0), 0 (off) or "
+            f"{AUTO} (auto)"
+        )
+    return chunk_rows
 
 
 def num_chunks(rows: int, chunk_rows: int) -> int:

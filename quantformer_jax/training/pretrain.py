@@ -374,7 +374,7 @@ def make_task(
             tx=tx,
             settings=settings,
             learning_rate_fn=optimizers.learning_rate_fn(config.optimizer),
-            chunk_rows=config.training.chunk_rows,
+            chunk_rows=accumulation.resolve_chunk_rows(config.training.chunk_rows),
         ),
         eval_step=functools.partial(eval_step, model=model, settings=settings),
         train_batches=train_batches,
