@@ -10,8 +10,9 @@ beta 1, no weight decay, no scheduler. On the Allen cache:
 Without `data.cache_dir` it runs on the simulated Observatory (built on first use).
 Selection: best `val_recon_mse` (unmasked validation windows); final `test_*` metrics.
 Step time at this size (benchmarks/tokenizer_step.py, idle 2-core CPU): ~0.56 s/step at
-M = 1024 rows (the PyTorch original: ~0.51 s); ~8 s compile per row bucket. The 200-epoch
-schedule needs a GPU (requirements-cuda.txt) for real runs.
+M = 1024 rows in one pass (the PyTorch original: ~0.51 s), 5-10 % less in 256-row chunks
+(`training.chunk_rows`, the CPU default; benchmarks/README.md); ~8-13 s compile per row
+bucket. The 200-epoch schedule needs a GPU (requirements-cuda.txt) for real runs.
 
 Switches after the colon:
   runlocal  tiny model, 2 steps of 8 windows, one row bucket: the smoke run the tests use
