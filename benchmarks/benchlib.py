@@ -17,5 +17,5 @@ def xla_flops(compiled: Any) -> float:
     A loop body (`lax.scan`) is counted once, whatever its trip count.
     """
     cost = compiled.cost_analysis()
-    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-    return float(cost.get("flops", float("nan")))
+    cost = cost[0] if isinstance(cost, (list, tuple)) and cost else cost
+    return float(cost.get("flops", float("nan"))) if cost else float("nan")

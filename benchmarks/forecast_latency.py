@@ -61,7 +61,9 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--reps", type=int, default=30, help="timed calls at batch 1")
     parser.add_argument("--reps-batch", type=int, default=5, help="timed calls at --batch")
-    parser.add_argument("--chunk-trials", type=int, default=inference.DEFAULT_CHUNK_TRIALS)
+    parser.add_argument("--chunk-trials", type=int, default=inference.DEFAULT_CHUNK_TRIALS,
+                        help="trials per loop iteration; 0 = one pass, -1 = auto (1 on CPU, "
+                        "one pass on GPU)")  # fmt: skip
     parser.add_argument("--no-reference", action="store_true", help="time the fast path only")
     parser.add_argument("--reference-only", action="store_true", help="time the trainer's path")
     parser.add_argument("--decoding", default=None, help="argmax | expected (default: config's)")
@@ -111,7 +113,7 @@ def main() -> None:
     print(f"device {jax.devices()[0].device_kind}, {os.cpu_count()} cpus, load {load_average()}; "
           f"d_model {tc.d_model}, heads {tc.num_heads}, layers {tc.num_layers}+{tc.num_layers}, "
           f"d_ff {tc.d_ff}, K {tc.codebook_size}, C {c}, N {n}; {decoding} decoding; "
-          f"chunk_trials {args.chunk_trials}")  # fmt: skip
+          f"chunk_trials {inference.resolve_chunk_trials(args.chunk_trials)}")  # fmt: skip
     rs = np.random.RandomState(0)
     medians, trial_flops = {}, {}
     for batch, reps in ((1, args.reps), (args.batch, args.reps_batch)):

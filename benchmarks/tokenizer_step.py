@@ -95,6 +95,8 @@ def main() -> None:
                                 "times": [], "faults": 0, "sys": 0.0}  # fmt: skip
         # XLA counts a loop body once: the FLOPs are those of the unchunked step (same work).
         flops = xla_flops(make_step(0).lower(state, batch))
+        if np.isnan(flops):  # some backends (GPU) count only compiled programs
+            flops = xla_flops(make_step(0).lower(state, batch).compile())
         for _ in range(args.steps):  # interleaved, so that load on a shared machine hits all
             for run in runs.values():
                 r0 = resource.getrusage(resource.RUSAGE_SELF)

@@ -227,6 +227,7 @@ class StageError(RuntimeError):
 def _stage_child(config: ml_collections.ConfigDict, workdir: str, jax_cache: str, conn) -> None:
     """Child process body of `run_stage_isolated`: one stage, logged into its log.txt."""
     runtime.tune_host_allocator()
+    runtime.request_deterministic_ops()  # before jax starts its backends
     if jax_cache:
         enable_compilation_cache(jax_cache)
     try:
@@ -366,6 +367,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     runtime.tune_host_allocator()  # before jax allocates anything (see runtime.py)
+    runtime.request_deterministic_ops()  # before jax starts its backends (children inherit it)
     switch = "runlocal" if args.scale == "runlocal" else f"scale={args.scale}"
     demo = load_config_file(f"{args.config}:{switch}")
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]

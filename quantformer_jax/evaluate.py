@@ -400,6 +400,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--examples", type=int, default=4, help="forecast examples to plot")
     args = parser.parse_args(argv)
     runtime.tune_host_allocator()  # before jax allocates anything (see runtime.py)
+    runtime.request_deterministic_ops()  # before jax starts its backends
     payload = evaluate_workdir(args.workdir, args.split, num_examples=args.examples)
     scalars = {k: v for k, v in payload["metrics"].items() if isinstance(v, float | int)}
     shown = {k: round(v, 5) for k, v in sorted(scalars.items())}

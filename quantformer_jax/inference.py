@@ -39,8 +39,21 @@ from quantformer_jax.models.tokenizer import VQTokenizer
 from quantformer_jax.training import targets
 
 PyTree = Any
-# Trials per loop iteration for large batches: one trial measured fastest (forecast_latency.py).
-DEFAULT_CHUNK_TRIALS = 1
+# Trials per loop iteration for large batches: one trial measured fastest on CPU
+# (forecast_latency.py). AUTO = CPU_CHUNK_TRIALS on CPU, one pass on GPU/TPU.
+AUTO = -1
+CPU_CHUNK_TRIALS = 1
+DEFAULT_CHUNK_TRIALS = AUTO
+
+
+def resolve_chunk_trials(chunk_trials: int | None, backend: str | None = None) -> int | None:
+    """`chunk_trials` as a trial count or None (one pass); AUTO depends on the backend."""
+    if chunk_trials == AUTO:
+        backend = backend or jax.default_backend()
+        return CPU_CHUNK_TRIALS if backend == "cpu" else None
+    if chunk_trials is not None and chunk_trials < 0:
+        raise ValueError(f"chunk_trials={chunk_trials}: expected > 0, 0/None (one pass) or {AUTO}")
+    return chunk_trials
 
 
 def decode_future(
@@ -97,7 +110,8 @@ def forecast(
             `forecast.decoding_of(config)`).
         raw_codebook: decode through the raw codebook (faithful mode, `config.faithful`).
         chunk_trials: run batches larger than this as a loop over chunks of this many trials
-            (None: one pass). Trials are independent, so the result does not depend on it.
+            (None or 0: one pass; AUTO: one trial at a time on CPU, one pass on GPU/TPU).
+            Trials are independent, so the result does not depend on it.
 
     Returns:
         [B, N, F] forecast frames.
@@ -106,6 +120,7 @@ def forecast(
         raise ValueError(f"forecast: src must be [B, N, S] and stim [B, D], got {src.shape}, "
                          f"{stim.shape}")  # fmt: skip
     b = src.shape[0]
+    chunk_trials = resolve_chunk_trials(chunk_trials)
     one = functools.partial(
         _forecast_batch, variables, teacher_params, jnp.asarray(class_codes, jnp.int32),
         model=model, teacher=teacher, decoding=decoding, raw_codebook=raw_codebook,

@@ -102,6 +102,7 @@ def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     runtime.tune_host_allocator()  # before jax allocates anything (see runtime.py)
+    runtime.request_deterministic_ops()  # before jax starts its backends
     from quantformer_jax import parallel  # imports jax: after flag parsing
 
     parallel.initialize_distributed()

@@ -141,3 +141,12 @@ def test_bad_shapes_are_a_clear_error(setup):
                                      classes.class_codes)  # fmt: skip
     with pytest.raises(ValueError, match=r"src must be \[B, N, S\]"):
         fast(jnp.zeros((N, S)), jnp.zeros((1, 4)))
+
+
+def test_auto_chunk_trials_loops_on_cpu_only():
+    assert inference.resolve_chunk_trials(inference.AUTO, "cpu") == inference.CPU_CHUNK_TRIALS
+    assert inference.resolve_chunk_trials(inference.AUTO, "gpu") is None
+    assert inference.resolve_chunk_trials(4, "gpu") == 4
+    assert inference.resolve_chunk_trials(None, "cpu") is None
+    with pytest.raises(ValueError, match="chunk_trials=-2"):
+        inference.resolve_chunk_trials(-2)

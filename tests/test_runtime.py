@@ -51,3 +51,23 @@ def test_tuned_allocator_reuses_freed_pages_and_can_be_switched_off():
     assert default_faults > 0.9 * pages
     # Tuned, the block is reused from the heap: essentially no faults after the first round.
     assert tuned_faults < 0.05 * pages
+
+
+def test_deterministic_gpu_ops_flag_is_added_once_and_respects_the_user(monkeypatch):
+    from quantformer_jax import runtime
+
+    monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=4")
+    monkeypatch.delenv(runtime.DETERMINISM_SWITCH, raising=False)
+    assert runtime.request_deterministic_ops()
+    assert runtime.request_deterministic_ops()  # idempotent: the flag appears once
+    assert os.environ["XLA_FLAGS"].split() == [
+        "--xla_force_host_platform_device_count=4",
+        runtime.DETERMINISTIC_GPU_FLAG,
+    ]
+    monkeypatch.setenv("XLA_FLAGS", "--xla_gpu_deterministic_ops=false")  # the user's choice
+    assert not runtime.request_deterministic_ops()
+    assert os.environ["XLA_FLAGS"] == "--xla_gpu_deterministic_ops=false"
+    monkeypatch.setenv("XLA_FLAGS", "")
+    monkeypatch.setenv(runtime.DETERMINISM_SWITCH, "0")
+    assert not runtime.request_deterministic_ops()
+    assert os.environ["XLA_FLAGS"] == ""
