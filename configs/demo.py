@@ -31,6 +31,8 @@ seed 0, wall seconds: install 59, observatory 4, pretrain 175, quantformer_forec
 quantformer_classify 53, informer 72 + 77, autoformer 65 + 28, crossformer 167 + 151,
 lstm 29 + 122, naive models 23: 1120 s (18.7 min) in all.
 `make compare` (3 seeds) runs the 15 training stages three times: ~3 x 18 min.
+Measured before pretraining ran in row chunks (config.training.chunk_rows), which takes ~10 % off
+each pretraining step at this size (400 vs 449 ms, benchmarks/README.md).
 """
 
 # name -> (config file with switches, pretraining stage to start from, table task)

@@ -367,7 +367,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     runtime.tune_host_allocator()  # before jax allocates anything (see runtime.py)
-    runtime.request_deterministic_ops()  # before jax starts its backends (children inherit it)
+    runtime.request_deterministic_ops()  # before jax starts its backends
     switch = "runlocal" if args.scale == "runlocal" else f"scale={args.scale}"
     demo = load_config_file(f"{args.config}:{switch}")
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
